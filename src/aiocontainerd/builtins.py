@@ -1,0 +1,21 @@
+"""The plugins a daemon loads by default, in no particular order (the registry sorts them)."""
+
+from __future__ import annotations
+
+from .metadata.plugin import PLUGIN as METADATA_LMDB
+from .plugin import Registration
+from .services.containers import PLUGIN as CONTAINERS
+from .services.health import PLUGIN as HEALTH
+from .services.introspection import PLUGIN as INTROSPECTION
+from .services.namespaces import PLUGIN as NAMESPACES
+from .services.version import PLUGIN as VERSION
+
+
+def registrations() -> list[Registration]:
+    """Every built-in plugin registration."""
+    return [METADATA_LMDB, VERSION, NAMESPACES, CONTAINERS, INTROSPECTION, HEALTH]
+
+
+def config_types() -> dict[str, type | None]:
+    """Plugin URI -> config dataclass, for config validation and ``config default``."""
+    return {r.uri: r.config for r in registrations()}

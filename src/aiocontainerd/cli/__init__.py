@@ -1,0 +1,1 @@
+"""Command-line entry points: ``aiocontainerd`` (the daemon) and ``actr`` (the client)."""

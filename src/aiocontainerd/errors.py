@@ -1,0 +1,74 @@
+"""Errors of the core, each carrying the gRPC status code containerd uses for it.
+
+The core raises these; ``services/`` turns them into gRPC statuses on the wire
+(containerd's ``errdefs`` mapping), and ``client/`` turns statuses back into
+them, so a caller of either side catches the same classes.
+"""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+
+
+class ContainerdError(Exception):
+    """Base of every error the core raises on purpose; ``code`` is its gRPC status."""
+
+    code: Status = Status.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ContainerdError):
+    """The request is malformed: a bad name, label, filter or field (INVALID_ARGUMENT)."""
+
+    code = Status.INVALID_ARGUMENT
+
+
+class NotFound(ContainerdError):
+    """The named object does not exist (NOT_FOUND)."""
+
+    code = Status.NOT_FOUND
+
+
+class AlreadyExists(ContainerdError):
+    """An object with that name exists already (ALREADY_EXISTS)."""
+
+    code = Status.ALREADY_EXISTS
+
+
+class FailedPrecondition(ContainerdError):
+    """The object is in a state that forbids the operation, e.g. a non-empty namespace."""
+
+    code = Status.FAILED_PRECONDITION
+
+
+class Unavailable(ContainerdError):
+    """The resource is busy or not ready, e.g. an ingest ref locked by another writer."""
+
+    code = Status.UNAVAILABLE
+
+
+class Unimplemented(ContainerdError):
+    """The operation is not implemented by this daemon or plugin (UNIMPLEMENTED)."""
+
+    code = Status.UNIMPLEMENTED
+
+
+class Aborted(ContainerdError):
+    """A conflicting concurrent change aborted the operation (ABORTED)."""
+
+    code = Status.ABORTED
+
+
+BY_CODE: dict[Status, type[ContainerdError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
+                Unavailable, Unimplemented, Aborted)
+}
+
+
+def from_status(code: Status, message: str) -> ContainerdError:
+    """The core error for a gRPC status received from a server (client side)."""
+    return BY_CODE.get(code, ContainerdError)(message)

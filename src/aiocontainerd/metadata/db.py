@@ -1,0 +1,146 @@
+"""The store of record: one LMDB environment under ``<root>/io.containerd.metadata.v1.lmdb/``.
+
+Layout (LMDB named databases; keys are UTF-8, values compact JSON objects)::
+
+    meta          b"schema"                   -> schema version (decimal)
+    namespaces    <namespace>                 -> {"labels": {...}}
+    containers    <namespace> NUL <id>        -> container record
+    images        <namespace> NUL <name>      -> image record              (next issues)
+    content       <namespace> NUL <digest>    -> blob reference + labels
+    snapshots     <namespace> NUL <snapshotter> NUL <key>
+    leases        <namespace> NUL <id>
+    sandboxes     <namespace> NUL <id>
+
+Objects of a namespace sort together under the ``<namespace> NUL`` prefix, so
+"is this namespace empty" and "list in namespace" are prefix range scans.
+
+Contract:
+- Every mutation runs inside one :meth:`MetadataDB.write` transaction; LMDB
+  commits it atomically, so a crash (or SIGKILL) between transactions never
+  leaves half an object, and a failed body aborts the whole transaction.
+- Reads run in :meth:`MetadataDB.read` snapshots, isolated from writers.
+- The schema version is written when the database is created and checked at
+  every open: a database written by an incompatible version raises
+  :class:`SchemaError` instead of being misread.
+- Transactions are short and synchronous: they run on the event loop, which
+  is the only writer (LMDB's own lock also keeps other processes out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+SCHEMA_VERSION = 1
+DEFAULT_MAP_SIZE = 16 << 30
+SEP = "\0"
+
+#: Named databases whose keys start with ``<namespace> NUL``; a namespace is
+#: empty when none of them holds a key under its prefix.
+NAMESPACED = ("containers", "images", "content", "snapshots", "leases", "sandboxes")
+DATABASES = ("meta", "namespaces", *NAMESPACED)
+
+
+class SchemaError(RuntimeError):
+    """The database on disk has a schema this daemon does not read."""
+
+
+def key(*parts: str) -> bytes:
+    """Join key components with NUL (``key("default", "redis")``)."""
+    return SEP.join(parts).encode()
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    return json.loads(raw)
+
+
+class Txn:
+    """One LMDB transaction with named-database helpers; values are JSON objects."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, db: str, k: bytes) -> dict[str, Any] | None:
+        raw = self._txn.get(k, db=self._dbs[db])
+        return None if raw is None else decode(raw)
+
+    def put(self, db: str, k: bytes, value: dict[str, Any], *, overwrite: bool = True) -> bool:
+        """Store ``value``; with ``overwrite=False`` returns False if the key exists."""
+        return self._txn.put(k, encode(value), db=self._dbs[db], overwrite=overwrite)
+
+    def delete(self, db: str, k: bytes) -> bool:
+        return self._txn.delete(k, db=self._dbs[db])
+
+    def scan(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Keys and values of ``db`` starting with ``prefix``, in key order."""
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            if not cur.set_range(prefix):
+                return
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    return
+                yield k, decode(v)
+
+    def any(self, db: str, prefix: bytes) -> bool:
+        """Whether ``db`` holds any key starting with ``prefix``."""
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            return cur.set_range(prefix) and cur.key().startswith(prefix)
+
+
+class MetadataDB:
+    """The LMDB environment; open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, Any], path: Path) -> None:
+        self._env = env
+        self._dbs = dbs
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> MetadataDB:
+        """Open (creating if needed) the database folder ``path``.
+
+        Raises :class:`SchemaError` if it was written with another schema version.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = lmdb.open(str(path), map_size=map_size, max_dbs=len(DATABASES) + 8,
+                        subdir=True, lock=True, sync=True, metasync=True)
+        try:
+            with env.begin(write=True) as txn:
+                dbs = {name: env.open_db(name.encode(), txn=txn) for name in DATABASES}
+                raw = txn.get(b"schema", db=dbs["meta"])
+                if raw is None:
+                    txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=dbs["meta"])
+                elif int(raw) != SCHEMA_VERSION:
+                    raise SchemaError(f"{path}: metadata schema version {int(raw)}, "
+                                      f"this daemon reads version {SCHEMA_VERSION}")
+        except BaseException:
+            env.close()
+            raise
+        return cls(env, dbs, path)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read-only snapshot transaction."""
+        with self._env.begin(write=False) as txn:
+            yield Txn(txn, self._dbs)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A write transaction: committed when the body returns, aborted if it raises."""
+        with self._env.begin(write=True) as txn:
+            yield Txn(txn, self._dbs)
+
+    def close(self) -> None:
+        self._env.close()

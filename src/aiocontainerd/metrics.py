@@ -1,0 +1,90 @@
+"""Prometheus metrics of one daemon, served over HTTP by aiohttp at ``/v1/metrics``.
+
+Each :class:`Metrics` owns its own ``CollectorRegistry`` (two daemons in one
+process never mix their figures). Exported:
+
+- ``grpc_server_handled_total{grpc_service,grpc_method,grpc_code}``: calls completed;
+- ``grpc_server_handling_seconds{grpc_service,grpc_method}``: latency histogram, seconds;
+- ``aiocontainerd_build_info{version,revision,python}``: always 1.
+
+The names follow go-grpc-prometheus, which containerd exports.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .version import REVISION, version
+
+PATH = "/v1/metrics"
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _split(method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` as (``pkg.Service``, ``Method``)."""
+    _, _, rest = method.partition("/")
+    service, _, name = rest.partition("/")
+    return service, name
+
+
+class Metrics:
+    """The daemon's metric families and their registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.handled = Counter(
+            "grpc_server_handled_total", "Total number of RPCs completed on the server.",
+            ("grpc_service", "grpc_method", "grpc_code"), registry=self.registry)
+        self.latency = Histogram(
+            "grpc_server_handling_seconds", "Response latency (seconds) of gRPC handled by the server.",
+            ("grpc_service", "grpc_method"), buckets=_BUCKETS, registry=self.registry)
+        build = Gauge("aiocontainerd_build_info", "Build information of the daemon.",
+                      ("version", "revision", "python"), registry=self.registry)
+        build.labels(version(), REVISION, platform.python_version()).set(1)
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        """Record one completed call of ``method`` (``/pkg.Service/Method``)."""
+        service, name = _split(method)
+        self.handled.labels(service, name, code).inc()
+        self.latency.labels(service, name).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every family."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """aiohttp server for ``GET /v1/metrics`` on ``host:port``."""
+
+    def __init__(self, metrics: Metrics, address: str) -> None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"metrics address {address!r} is not host:port")
+        self.host = host.strip("[]") or "127.0.0.1"
+        self.port = int(port)
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(PATH, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            server = site._server  # the bound port, for "host:0" in tests
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

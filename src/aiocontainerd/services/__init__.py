@@ -1,0 +1,1 @@
+"""gRPC service handlers: thin adapters from wire types to core calls."""

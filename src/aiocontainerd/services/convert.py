@@ -1,0 +1,38 @@
+"""Conversions between wire messages and core types, shared by every service."""
+
+from __future__ import annotations
+
+from ..api.google import protobuf as pb
+from ..api.google import rpc
+from ..types import TypedValue
+
+
+def timestamp(ns: int) -> pb.Timestamp:
+    """Nanoseconds since the epoch as a wire Timestamp (nanoseconds kept)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return pb.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def from_timestamp(ts: pb.Timestamp | None) -> int:
+    """A wire Timestamp as nanoseconds since the epoch (0 when unset)."""
+    return 0 if ts is None else ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def any_(value: TypedValue | None) -> pb.Any | None:
+    """A core TypedValue as a wire Any, type URL unchanged."""
+    return None if value is None else pb.Any(type_url=value.type_url, value=value.value)
+
+
+def from_any(value: pb.Any | None) -> TypedValue | None:
+    """A wire Any as a core TypedValue, type URL unchanged."""
+    return None if value is None else TypedValue(value.type_url, bytes(value.value))
+
+
+def status(code: int, message: str) -> rpc.Status:
+    """A google.rpc.Status (e.g. a plugin's init error)."""
+    return rpc.Status(code=code, message=message)
+
+
+def mask_paths(mask: pb.FieldMask | None) -> list[str]:
+    """The paths of a FieldMask, [] when unset."""
+    return list(mask.paths) if mask is not None else []

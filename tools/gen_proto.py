@@ -1,0 +1,119 @@
+"""Generate ``src/aiocontainerd/api`` from ``proto/`` (``tox -e proto``).
+
+Usage::
+
+    python tools/gen_proto.py            # regenerate in place
+    python tools/gen_proto.py --check    # exit 1 when the committed code differs
+
+Needs ``grpcio-tools`` (protoc) and ``betterproto2-compiler`` at build time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO = ROOT / "proto"
+API = ROOT / "src" / "aiocontainerd" / "api"
+OPTIONS = "client_generation=async,server_generation=async"
+HEADER = '"""Generated from proto/ by tools/gen_proto.py (betterproto2); never edit by hand."""\n'
+
+
+def generate(out: Path) -> None:
+    """Run protoc over every .proto below proto/, writing the package tree to ``out``."""
+    sources = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
+    with tempfile.TemporaryDirectory() as tmp:
+        plugin = Path(tmp) / "protoc-gen-aiocontainerd"
+        plugin.write_text(
+            f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tools' / 'protoc_plugin.py'}\n"
+        )
+        plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
+        cmd = [
+            sys.executable, "-m", "grpc_tools.protoc",
+            f"-I{PROTO}",
+            f"--plugin=protoc-gen-aiocontainerd={plugin}",
+            f"--aiocontainerd_out={out}",
+            f"--aiocontainerd_opt={OPTIONS}",
+            *sources,
+        ]
+        result = subprocess.run(cmd, cwd=PROTO, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"protoc failed:\n{result.stderr}")
+    (out / "__init__.py").write_text(HEADER)
+    for module in out.rglob("*.py"):
+        fix_shadowed_imports(module)
+
+
+def fix_shadowed_imports(module: Path) -> None:
+    """Drop template imports that a generated message of the same name shadows.
+
+    The compiler's header imports ``google.protobuf.descriptor.Descriptor``
+    (which would need the ``protobuf`` package at run time); containerd's own
+    ``containerd.types.Descriptor`` message redefines the name, so the import
+    is dead and would only make the runtime depend on ``protobuf``.
+    """
+    text = module.read_text()
+    lines = text.splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        m = re.match(r"from google\.protobuf\.descriptor import (\w+)\n", line)
+        if m and f"\nclass {m.group(1)}(" in text:
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        module.write_text("".join(kept))
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Relative paths that differ between two trees (ignoring __pycache__)."""
+    out: list[str] = []
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+
+    def walk(c: filecmp.dircmp, prefix: str) -> None:
+        out.extend(prefix + n for n in c.left_only + c.right_only + c.diff_files)
+        for name, sub in c.subdirs.items():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(cmp, "")
+    # dircmp compares shallowly by stat; confirm content for same-size files
+    for path in a.rglob("*.py"):
+        rel = path.relative_to(a)
+        other = b / rel
+        if other.exists() and path.read_bytes() != other.read_bytes():
+            out.append(str(rel))
+    return sorted(set(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "api"
+        fresh.mkdir()
+        generate(fresh)
+        if args.check:
+            diff = differences(fresh, API)
+            if diff:
+                print("generated code differs from proto/:", *diff, sep="\n  ")
+                sys.exit(1)
+            print("src/aiocontainerd/api matches proto/")
+            return
+        if API.exists():
+            shutil.rmtree(API)
+        shutil.copytree(fresh, API)
+    print(f"wrote {API.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    main()
