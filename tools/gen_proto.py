@@ -45,7 +45,9 @@ def generate(out: Path) -> None:
             f"--aiocontainerd_opt={OPTIONS}",
             *sources,
         ]
-        result = subprocess.run(cmd, cwd=PROTO, capture_output=True, text=True)
+        # The compiler formats with `ruff format -`, which takes its settings from
+        # the working folder's pyproject: run it in an empty one for ruff's defaults.
+        result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"protoc failed:\n{result.stderr}")
     (out / "__init__.py").write_text(HEADER)

@@ -8,7 +8,9 @@ Embedding::
 or ``await daemon.start()`` … ``await daemon.stop()``. The ``aiocontainerd``
 command does the same and stops on SIGTERM/SIGINT.
 
-Start-up order: root (0700) and state (0711) folders; the socket path is
+Start-up order: root (0700) and state (0711) folders; an exclusive lock on
+``<root>/aiocontainerd.lock`` (a second daemon on the same root is refused,
+the kernel drops the lock of a killed one); the socket path is
 checked (its folder must exist unless it is the state folder; a live socket
 there is refused, a stale one removed); plugins are initialised in dependency
 order; the gRPC server binds the socket (0660, owned by ``[grpc] uid/gid``);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -37,6 +40,7 @@ from .plugin import GRPC, PluginSet, Registration
 from .services.server import Server
 
 log = logging.getLogger(__name__)
+LOCK_FILE = "aiocontainerd.lock"
 
 
 class StartError(RuntimeError):
@@ -71,13 +75,25 @@ def _prepare_socket(path: str, state: Path) -> None:
     os.unlink(path)
 
 
-def _prepare_folders(root: Path, state: Path, address: str) -> None:
+def _prepare_folders(root: Path, state: Path, address: str) -> int:
+    """Create root and state, lock root, check the socket path; returns the lock's fd."""
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         state.mkdir(parents=True, exist_ok=True, mode=0o711)
     except OSError as e:
         raise StartError(f"cannot create {e.filename}: {e.strerror}") from None
-    _prepare_socket(address, state)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _prepare_socket(address, state)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartError(f"root {root} is in use by another daemon "
+                         "(a root folder cannot be shared)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Daemon:
@@ -92,6 +108,7 @@ class Daemon:
         self._server: Server | None = None
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
+        self._lock_fd: int | None = None
 
     @property
     def address(self) -> str:
@@ -109,7 +126,7 @@ class Daemon:
         """Start serving. Raises StartError, PluginError; nothing is left running on failure."""
         cfg = self.config
         root, state = Path(cfg.root), Path(cfg.state)
-        await asyncio.to_thread(_prepare_folders, root, state, cfg.grpc.address)
+        self._lock_fd = await asyncio.to_thread(_prepare_folders, root, state, cfg.grpc.address)
         try:
             await self.plugins.init_all(
                 self.registrations,
@@ -166,6 +183,9 @@ class Daemon:
             await self._metrics_server.close()
             self._metrics_server = None
         await self.plugins.close_all()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def __aenter__(self) -> Daemon:
         await self.start()

@@ -53,7 +53,9 @@ class ContainerCreate(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.events", "ContainerCreate", ContainerCreate)
+default_message_pool.register_message(
+    "containerd.events", "ContainerCreate", ContainerCreate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -75,7 +77,9 @@ class ContainerDelete(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "ContainerDelete", ContainerDelete)
+default_message_pool.register_message(
+    "containerd.events", "ContainerDelete", ContainerDelete
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -87,13 +91,17 @@ class ContainerUpdate(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     snapshot_key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "ContainerUpdate", ContainerUpdate)
+default_message_pool.register_message(
+    "containerd.events", "ContainerUpdate", ContainerUpdate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -105,7 +113,9 @@ class ContentCreate(betterproto2.Message):
     media_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "ContentCreate", ContentCreate)
+default_message_pool.register_message(
+    "containerd.events", "ContentCreate", ContentCreate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -113,7 +123,9 @@ class ContentDelete(betterproto2.Message):
     digest: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "ContentDelete", ContentDelete)
+default_message_pool.register_message(
+    "containerd.events", "ContentDelete", ContentDelete
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -123,11 +135,15 @@ class NamespaceCreate(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.events", "NamespaceCreate", NamespaceCreate)
+default_message_pool.register_message(
+    "containerd.events", "NamespaceCreate", NamespaceCreate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -135,7 +151,9 @@ class NamespaceDelete(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "NamespaceDelete", NamespaceDelete)
+default_message_pool.register_message(
+    "containerd.events", "NamespaceDelete", NamespaceDelete
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -145,11 +163,15 @@ class NamespaceUpdate(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.events", "NamespaceUpdate", NamespaceUpdate)
+default_message_pool.register_message(
+    "containerd.events", "NamespaceUpdate", NamespaceUpdate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -157,7 +179,9 @@ class SandboxCreate(betterproto2.Message):
     sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "SandboxCreate", SandboxCreate)
+default_message_pool.register_message(
+    "containerd.events", "SandboxCreate", SandboxCreate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -191,7 +215,9 @@ class SnapshotCommit(betterproto2.Message):
     snapshotter: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "SnapshotCommit", SnapshotCommit)
+default_message_pool.register_message(
+    "containerd.events", "SnapshotCommit", SnapshotCommit
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -203,7 +229,9 @@ class SnapshotPrepare(betterproto2.Message):
     snapshotter: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "SnapshotPrepare", SnapshotPrepare)
+default_message_pool.register_message(
+    "containerd.events", "SnapshotPrepare", SnapshotPrepare
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -213,7 +241,9 @@ class SnapshotRemove(betterproto2.Message):
     snapshotter: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "SnapshotRemove", SnapshotRemove)
+default_message_pool.register_message(
+    "containerd.events", "SnapshotRemove", SnapshotRemove
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -223,7 +253,9 @@ class TaskCheckpointed(betterproto2.Message):
     checkpoint: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "TaskCheckpointed", TaskCheckpointed)
+default_message_pool.register_message(
+    "containerd.events", "TaskCheckpointed", TaskCheckpointed
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -232,9 +264,13 @@ class TaskCreate(betterproto2.Message):
 
     bundle: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    rootfs: "list[_types__.Mount]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    rootfs: "list[_types__.Mount]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    io: "TaskIo | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    io: "TaskIo | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     checkpoint: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
@@ -269,7 +305,9 @@ class TaskExecAdded(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.events", "TaskExecAdded", TaskExecAdded)
+default_message_pool.register_message(
+    "containerd.events", "TaskExecAdded", TaskExecAdded
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -281,7 +319,9 @@ class TaskExecStarted(betterproto2.Message):
     pid: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message("containerd.events", "TaskExecStarted", TaskExecStarted)
+default_message_pool.register_message(
+    "containerd.events", "TaskExecStarted", TaskExecStarted
+)
 
 
 @dataclass(eq=False, repr=False)

@@ -32,23 +32,33 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 class ActivationInfo(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    active: "list[ActiveMount]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    active: "list[ActiveMount]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    system: "list[Mount]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    system: "list[Mount]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.types", "ActivationInfo", ActivationInfo)
+default_message_pool.register_message(
+    "containerd.types", "ActivationInfo", ActivationInfo
+)
 
 
 @dataclass(eq=False, repr=False)
 class ActiveMount(betterproto2.Message):
-    mount: "Mount | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    mount: "Mount | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     mounted_at: "__google__protobuf__.Timestamp | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -59,7 +69,9 @@ class ActiveMount(betterproto2.Message):
     data: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -77,7 +89,9 @@ class Descriptor(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -126,7 +140,9 @@ class Mount(betterproto2.Message):
 
     target: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    options: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    options: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message("containerd.types", "Mount", Mount)
@@ -142,7 +158,9 @@ class Platform(betterproto2.Message):
 
     os_version: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
-    os_features: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    os_features: "list[str]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message("containerd.types", "Platform", Platform)
@@ -167,7 +185,9 @@ class RuntimeInfo(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -183,7 +203,9 @@ class RuntimeRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.types", "RuntimeRequest", RuntimeRequest)
+default_message_pool.register_message(
+    "containerd.types", "RuntimeRequest", RuntimeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -193,7 +215,9 @@ class RuntimeVersion(betterproto2.Message):
     revision: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.types", "RuntimeVersion", RuntimeVersion)
+default_message_pool.register_message(
+    "containerd.types", "RuntimeVersion", RuntimeVersion
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -211,7 +235,9 @@ class Sandbox(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     created_at: "__google__protobuf__.Timestamp | None" = betterproto2.field(
@@ -225,7 +251,9 @@ class Sandbox(betterproto2.Message):
     extensions: "dict[str, __google__protobuf__.Any]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
+        ),
     )
 
     sandboxer: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
@@ -243,7 +271,9 @@ class SandboxRuntime(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.types", "Sandbox.Runtime", SandboxRuntime)
+default_message_pool.register_message(
+    "containerd.types", "Sandbox.Runtime", SandboxRuntime
+)
 
 
 from ...google import protobuf as __google__protobuf__

@@ -614,9 +614,13 @@ default_message_pool.register_message("runtime.v1", "AuthConfig", AuthConfig)
 
 @dataclass(eq=False, repr=False)
 class Capability(betterproto2.Message):
-    add_capabilities: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    add_capabilities: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    drop_capabilities: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    drop_capabilities: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
 
     add_ambient_capabilities: "list[str]" = betterproto2.field(
         3, betterproto2.TYPE_STRING, repeated=True
@@ -664,16 +668,22 @@ class CheckpointPodRequest(betterproto2.Message):
 
     output_path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    container_ids: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    container_ids: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
     options: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "CheckpointPodRequest", CheckpointPodRequest)
+default_message_pool.register_message(
+    "runtime.v1", "CheckpointPodRequest", CheckpointPodRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -681,7 +691,9 @@ class CheckpointPodResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "CheckpointPodResponse", CheckpointPodResponse)
+default_message_pool.register_message(
+    "runtime.v1", "CheckpointPodResponse", CheckpointPodResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -694,7 +706,9 @@ class Container(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    image: "ImageSpec | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     image_ref: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
@@ -707,13 +721,17 @@ class Container(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         8,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     image_id: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
@@ -733,17 +751,23 @@ class ContainerAttributes(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerAttributes", ContainerAttributes)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerAttributes", ContainerAttributes
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -752,30 +776,44 @@ class ContainerConfig(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    image: "ImageSpec | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    command: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    command: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
     args: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
 
     working_dir: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
-    envs: "list[KeyValue]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    envs: "list[KeyValue]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    mounts: "list[Mount]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    mounts: "list[Mount]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    devices: "list[Device]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    devices: "list[Device]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         10,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     log_path: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
@@ -843,7 +881,9 @@ class ContainerFilter(betterproto2.Message):
     label_selector: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -857,17 +897,23 @@ class ContainerMetadata(betterproto2.Message):
     attempt: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message("runtime.v1", "ContainerMetadata", ContainerMetadata)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerMetadata", ContainerMetadata
+)
 
 
 @dataclass(eq=False, repr=False)
 class ContainerMetrics(betterproto2.Message):
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metrics: "list[Metric]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    metrics: "list[Metric]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerMetrics", ContainerMetrics)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerMetrics", ContainerMetrics
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -881,7 +927,9 @@ class ContainerResources(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerResources", ContainerResources)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerResources", ContainerResources
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -891,7 +939,9 @@ class ContainerStateValue(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStateValue", ContainerStateValue)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStateValue", ContainerStateValue
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -900,17 +950,25 @@ class ContainerStats(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    cpu: "CpuUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "CpuUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "MemoryUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "MemoryUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     writable_layer: "FilesystemUsage | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    swap: "SwapUsage | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    swap: "SwapUsage | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    io: "IoUsage | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    io: "IoUsage | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ContainerStats", ContainerStats)
@@ -925,11 +983,15 @@ class ContainerStatsFilter(betterproto2.Message):
     label_selector: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatsFilter", ContainerStatsFilter)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatsFilter", ContainerStatsFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -937,12 +999,16 @@ class ContainerStatsRequest(betterproto2.Message):
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatsRequest", ContainerStatsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatsRequest", ContainerStatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ContainerStatsResponse(betterproto2.Message):
-    stats: "ContainerStats | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    stats: "ContainerStats | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -970,7 +1036,9 @@ class ContainerStatus(betterproto2.Message):
 
     exit_code: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
 
-    image: "ImageSpec | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     image_ref: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
 
@@ -981,16 +1049,22 @@ class ContainerStatus(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         12,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         13,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
-    mounts: "list[Mount]" = betterproto2.field(14, betterproto2.TYPE_MESSAGE, repeated=True)
+    mounts: "list[Mount]" = betterproto2.field(
+        14, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     log_path: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
 
@@ -1000,7 +1074,9 @@ class ContainerStatus(betterproto2.Message):
 
     image_id: "str" = betterproto2.field(17, betterproto2.TYPE_STRING)
 
-    user: "ContainerUser | None" = betterproto2.field(18, betterproto2.TYPE_MESSAGE, optional=True)
+    user: "ContainerUser | None" = betterproto2.field(
+        18, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     stop_signal: "Signal" = betterproto2.field(
         19, betterproto2.TYPE_ENUM, default_factory=lambda: Signal(0)
@@ -1031,7 +1107,9 @@ class ContainerStatusResponse(betterproto2.Message):
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -1062,7 +1140,9 @@ class CpuUsage(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    psi: "PsiStats | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "CpuUsage", CpuUsage)
@@ -1110,11 +1190,17 @@ default_message_pool.register_message("runtime.v1", "Device", Device)
 
 @dataclass(eq=False, repr=False)
 class DnsConfig(betterproto2.Message):
-    servers: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    servers: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    searches: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    searches: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    options: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    options: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "DNSConfig", DnsConfig)
@@ -1167,7 +1253,9 @@ class ExecSyncResponse(betterproto2.Message):
     exit_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
 
 
-default_message_pool.register_message("runtime.v1", "ExecSyncResponse", ExecSyncResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ExecSyncResponse", ExecSyncResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1175,7 +1263,9 @@ class FilesystemIdentifier(betterproto2.Message):
     mountpoint: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "FilesystemIdentifier", FilesystemIdentifier)
+default_message_pool.register_message(
+    "runtime.v1", "FilesystemIdentifier", FilesystemIdentifier
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1203,7 +1293,9 @@ class GetEventsRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "GetEventsRequest", GetEventsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "GetEventsRequest", GetEventsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1232,17 +1324,25 @@ default_message_pool.register_message("runtime.v1", "IDMapping", IdMapping)
 class Image(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    repo_tags: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    repo_tags: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    repo_digests: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    repo_digests: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
     size: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
 
-    uid: "Int64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    uid: "Int64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     username: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
-    spec: "ImageSpec | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    spec: "ImageSpec | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     pinned: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
 
@@ -1252,7 +1352,9 @@ default_message_pool.register_message("runtime.v1", "Image", Image)
 
 @dataclass(eq=False, repr=False)
 class ImageFilter(betterproto2.Message):
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ImageFilter", ImageFilter)
@@ -1263,7 +1365,9 @@ class ImageFsInfoRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "ImageFsInfoRequest", ImageFsInfoRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ImageFsInfoRequest", ImageFsInfoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1277,7 +1381,9 @@ class ImageFsInfoResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "ImageFsInfoResponse", ImageFsInfoResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ImageFsInfoResponse", ImageFsInfoResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1287,7 +1393,9 @@ class ImageSpec(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     user_specified_image: "str" = betterproto2.field(18, betterproto2.TYPE_STRING)
@@ -1302,26 +1410,36 @@ default_message_pool.register_message("runtime.v1", "ImageSpec", ImageSpec)
 
 @dataclass(eq=False, repr=False)
 class ImageStatusRequest(betterproto2.Message):
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     verbose: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("runtime.v1", "ImageStatusRequest", ImageStatusRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ImageStatusRequest", ImageStatusRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ImageStatusResponse(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "ImageStatusResponse", ImageStatusResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ImageStatusResponse", ImageStatusResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1336,7 +1454,9 @@ default_message_pool.register_message("runtime.v1", "Int64Value", Int64Value)
 class IoUsage(betterproto2.Message):
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
-    psi: "PsiStats | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "IoUsage", IoUsage)
@@ -1363,7 +1483,9 @@ class LinuxContainerConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxContainerConfig", LinuxContainerConfig)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxContainerConfig", LinuxContainerConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1389,7 +1511,9 @@ class LinuxContainerResources(betterproto2.Message):
     unified: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     memory_swap_limit_in_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT64)
@@ -1428,7 +1552,9 @@ class LinuxContainerSecurityContext(betterproto2.Message):
 
     readonly_rootfs: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
 
-    supplemental_groups: "list[int]" = betterproto2.field(8, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        8, betterproto2.TYPE_INT64, repeated=True
+    )
 
     supplemental_groups_policy: "SupplementalGroupsPolicy" = betterproto2.field(
         17, betterproto2.TYPE_ENUM, default_factory=lambda: SupplementalGroupsPolicy(0)
@@ -1436,9 +1562,13 @@ class LinuxContainerSecurityContext(betterproto2.Message):
 
     no_new_privs: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
 
-    masked_paths: "list[str]" = betterproto2.field(13, betterproto2.TYPE_STRING, repeated=True)
+    masked_paths: "list[str]" = betterproto2.field(
+        13, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    readonly_paths: "list[str]" = betterproto2.field(14, betterproto2.TYPE_STRING, repeated=True)
+    readonly_paths: "list[str]" = betterproto2.field(
+        14, betterproto2.TYPE_STRING, repeated=True
+    )
 
     seccomp: "SecurityProfile | None" = betterproto2.field(
         15, betterproto2.TYPE_MESSAGE, optional=True
@@ -1456,7 +1586,8 @@ class LinuxContainerSecurityContext(betterproto2.Message):
         super().__post_init__()
         if self.is_set("apparmor_profile"):
             warnings.warn(
-                "LinuxContainerSecurityContext.apparmor_profile is deprecated", DeprecationWarning
+                "LinuxContainerSecurityContext.apparmor_profile is deprecated",
+                DeprecationWarning,
             )
         if self.is_set("seccomp_profile_path"):
             warnings.warn(
@@ -1476,10 +1607,14 @@ class LinuxContainerUser(betterproto2.Message):
 
     gid: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
-    supplemental_groups: "list[int]" = betterproto2.field(3, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        3, betterproto2.TYPE_INT64, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxContainerUser", LinuxContainerUser)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxContainerUser", LinuxContainerUser
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1493,7 +1628,9 @@ class LinuxPodSandboxConfig(betterproto2.Message):
     sysctls: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     overhead: "LinuxContainerResources | None" = betterproto2.field(
@@ -1505,35 +1642,53 @@ class LinuxPodSandboxConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxConfig", LinuxPodSandboxConfig)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxConfig", LinuxPodSandboxConfig
+)
 
 
 @dataclass(eq=False, repr=False)
 class LinuxPodSandboxStats(betterproto2.Message):
-    cpu: "CpuUsage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "CpuUsage | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "MemoryUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "MemoryUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    network: "NetworkUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    network: "NetworkUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    process: "ProcessUsage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    process: "ProcessUsage | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     containers: "list[ContainerStats]" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    io: "IoUsage | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    io: "IoUsage | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxStats", LinuxPodSandboxStats)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxStats", LinuxPodSandboxStats
+)
 
 
 @dataclass(eq=False, repr=False)
 class LinuxPodSandboxStatus(betterproto2.Message):
-    namespaces: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespaces: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxStatus", LinuxPodSandboxStatus)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxStatus", LinuxPodSandboxStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1568,7 +1723,9 @@ class LinuxSandboxSecurityContext(betterproto2.Message):
 
     readonly_rootfs: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
-    supplemental_groups: "list[int]" = betterproto2.field(5, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        5, betterproto2.TYPE_INT64, repeated=True
+    )
 
     supplemental_groups_policy: "SupplementalGroupsPolicy" = betterproto2.field(
         11, betterproto2.TYPE_ENUM, default_factory=lambda: SupplementalGroupsPolicy(0)
@@ -1590,7 +1747,8 @@ class LinuxSandboxSecurityContext(betterproto2.Message):
         super().__post_init__()
         if self.is_set("seccomp_profile_path"):
             warnings.warn(
-                "LinuxSandboxSecurityContext.seccomp_profile_path is deprecated", DeprecationWarning
+                "LinuxSandboxSecurityContext.seccomp_profile_path is deprecated",
+                DeprecationWarning,
             )
 
 
@@ -1606,12 +1764,16 @@ class ListContainersRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "ListContainersRequest", ListContainersRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListContainersRequest", ListContainersRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListContainersResponse(betterproto2.Message):
-    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[Container]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -1633,7 +1795,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainerStatsResponse(betterproto2.Message):
-    stats: "list[ContainerStats]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    stats: "list[ContainerStats]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -1643,18 +1807,26 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListImagesRequest(betterproto2.Message):
-    filter: "ImageFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ImageFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListImagesRequest", ListImagesRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListImagesRequest", ListImagesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListImagesResponse(betterproto2.Message):
-    images: "list[Image]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    images: "list[Image]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListImagesResponse", ListImagesResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ListImagesResponse", ListImagesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1708,12 +1880,16 @@ class ListPodSandboxRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "ListPodSandboxRequest", ListPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListPodSandboxRequest", ListPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListPodSandboxResponse(betterproto2.Message):
-    items: "list[PodSandbox]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    items: "list[PodSandbox]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -1735,7 +1911,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListPodSandboxStatsResponse(betterproto2.Message):
-    stats: "list[PodSandboxStats]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    stats: "list[PodSandboxStats]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -1771,7 +1949,9 @@ class MemoryUsage(betterproto2.Message):
         7, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    psi: "PsiStats | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "MemoryUsage", MemoryUsage)
@@ -1787,9 +1967,13 @@ class Metric(betterproto2.Message):
         3, betterproto2.TYPE_ENUM, default_factory=lambda: MetricType(0)
     )
 
-    label_values: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    label_values: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
 
-    value: "UInt64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    value: "UInt64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "Metric", Metric)
@@ -1801,10 +1985,14 @@ class MetricDescriptor(betterproto2.Message):
 
     help: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    label_keys: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    label_keys: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "MetricDescriptor", MetricDescriptor)
+default_message_pool.register_message(
+    "runtime.v1", "MetricDescriptor", MetricDescriptor
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1831,11 +2019,15 @@ class Mount(betterproto2.Message):
 
     recursive_read_only: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
 
-    image: "ImageSpec | None" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     image_sub_path: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
 
-    mount_options: "list[str]" = betterproto2.field(11, betterproto2.TYPE_STRING, repeated=True)
+    mount_options: "list[str]" = betterproto2.field(
+        11, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "Mount", Mount)
@@ -1887,20 +2079,26 @@ default_message_pool.register_message("runtime.v1", "NetworkConfig", NetworkConf
 class NetworkInterfaceUsage(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    rx_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     rx_errors: "UInt64Value | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    tx_bytes: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_bytes: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     tx_errors: "UInt64Value | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "NetworkInterfaceUsage", NetworkInterfaceUsage)
+default_message_pool.register_message(
+    "runtime.v1", "NetworkInterfaceUsage", NetworkInterfaceUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1944,13 +2142,17 @@ class PodSandbox(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     runtime_handler: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
@@ -1970,17 +2172,23 @@ class PodSandboxAttributes(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxAttributes", PodSandboxAttributes)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxAttributes", PodSandboxAttributes
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1993,7 +2201,9 @@ class PodSandboxConfig(betterproto2.Message):
 
     log_directory: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    dns_config: "DnsConfig | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    dns_config: "DnsConfig | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     port_mappings: "list[PortMapping]" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, repeated=True
@@ -2002,13 +2212,17 @@ class PodSandboxConfig(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     linux: "LinuxPodSandboxConfig | None" = betterproto2.field(
@@ -2020,7 +2234,9 @@ class PodSandboxConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxConfig", PodSandboxConfig)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxConfig", PodSandboxConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2034,11 +2250,15 @@ class PodSandboxFilter(betterproto2.Message):
     label_selector: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxFilter", PodSandboxFilter)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxFilter", PodSandboxFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2052,28 +2272,36 @@ class PodSandboxMetadata(betterproto2.Message):
     attempt: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxMetadata", PodSandboxMetadata)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxMetadata", PodSandboxMetadata
+)
 
 
 @dataclass(eq=False, repr=False)
 class PodSandboxMetrics(betterproto2.Message):
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metrics: "list[Metric]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    metrics: "list[Metric]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     container_metrics: "list[ContainerMetrics]" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxMetrics", PodSandboxMetrics)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxMetrics", PodSandboxMetrics
+)
 
 
 @dataclass(eq=False, repr=False)
 class PodSandboxNetworkStatus(betterproto2.Message):
     ip: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    additional_ips: "list[PodIp]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    additional_ips: "list[PodIp]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -2088,7 +2316,9 @@ class PodSandboxStateValue(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStateValue", PodSandboxStateValue)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStateValue", PodSandboxStateValue
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2116,11 +2346,15 @@ class PodSandboxStatsFilter(betterproto2.Message):
     label_selector: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatsFilter", PodSandboxStatsFilter)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatsFilter", PodSandboxStatsFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2170,19 +2404,25 @@ class PodSandboxStatus(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         8,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     runtime_handler: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatus", PodSandboxStatus)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatus", PodSandboxStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2206,7 +2446,9 @@ class PodSandboxStatusResponse(betterproto2.Message):
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     containers_statuses: "list[ContainerStatus]" = betterproto2.field(
@@ -2228,7 +2470,9 @@ class PortForwardRequest(betterproto2.Message):
     port: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT32, repeated=True)
 
 
-default_message_pool.register_message("runtime.v1", "PortForwardRequest", PortForwardRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PortForwardRequest", PortForwardRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2236,7 +2480,9 @@ class PortForwardResponse(betterproto2.Message):
     url: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "PortForwardResponse", PortForwardResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PortForwardResponse", PortForwardResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2283,9 +2529,13 @@ default_message_pool.register_message("runtime.v1", "PsiData", PsiData)
 
 @dataclass(eq=False, repr=False)
 class PsiStats(betterproto2.Message):
-    full: "PsiData | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    full: "PsiData | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    some: "PsiData | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    some: "PsiData | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "PsiStats", PsiStats)
@@ -2293,16 +2543,22 @@ default_message_pool.register_message("runtime.v1", "PsiStats", PsiStats)
 
 @dataclass(eq=False, repr=False)
 class PullImageRequest(betterproto2.Message):
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    auth: "AuthConfig | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    auth: "AuthConfig | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     sandbox_config: "PodSandboxConfig | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "PullImageRequest", PullImageRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PullImageRequest", PullImageRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2310,7 +2566,9 @@ class PullImageResponse(betterproto2.Message):
     image_ref: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "PullImageResponse", PullImageResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PullImageResponse", PullImageResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2335,10 +2593,14 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class RemoveImageRequest(betterproto2.Message):
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "RemoveImageRequest", RemoveImageRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveImageRequest", RemoveImageRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2346,7 +2608,9 @@ class RemoveImageResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RemoveImageResponse", RemoveImageResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveImageResponse", RemoveImageResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2396,7 +2660,9 @@ class RestoredContainer(betterproto2.Message):
     container_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RestoredContainer", RestoredContainer)
+default_message_pool.register_message(
+    "runtime.v1", "RestoredContainer", RestoredContainer
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2412,7 +2678,9 @@ class RestorePodRequest(betterproto2.Message):
     options: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     container_configs: "list[ContainerConfig]" = betterproto2.field(
@@ -2420,7 +2688,9 @@ class RestorePodRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "RestorePodRequest", RestorePodRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RestorePodRequest", RestorePodRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2432,7 +2702,9 @@ class RestorePodResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "RestorePodResponse", RestorePodResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RestorePodResponse", RestorePodResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2444,7 +2716,9 @@ class RunPodSandboxRequest(betterproto2.Message):
     runtime_handler: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RunPodSandboxRequest", RunPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RunPodSandboxRequest", RunPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2452,7 +2726,9 @@ class RunPodSandboxResponse(betterproto2.Message):
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RunPodSandboxResponse", RunPodSandboxResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RunPodSandboxResponse", RunPodSandboxResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2466,7 +2742,9 @@ class RuntimeCondition(betterproto2.Message):
     message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeCondition", RuntimeCondition)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeCondition", RuntimeCondition
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2484,7 +2762,9 @@ class RuntimeConfigRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeConfigRequest", RuntimeConfigRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeConfigRequest", RuntimeConfigRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2494,7 +2774,9 @@ class RuntimeConfigResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeConfigResponse", RuntimeConfigResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeConfigResponse", RuntimeConfigResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2574,7 +2856,9 @@ class StartContainerRequest(betterproto2.Message):
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "StartContainerRequest", StartContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StartContainerRequest", StartContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2597,12 +2881,16 @@ default_message_pool.register_message("runtime.v1", "StatusRequest", StatusReque
 
 @dataclass(eq=False, repr=False)
 class StatusResponse(betterproto2.Message):
-    status: "RuntimeStatus | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "RuntimeStatus | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     runtime_handlers: "list[RuntimeHandler]" = betterproto2.field(
@@ -2624,7 +2912,9 @@ class StopContainerRequest(betterproto2.Message):
     timeout: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
 
-default_message_pool.register_message("runtime.v1", "StopContainerRequest", StopContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StopContainerRequest", StopContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2632,7 +2922,9 @@ class StopContainerResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "StopContainerResponse", StopContainerResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StopContainerResponse", StopContainerResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2640,7 +2932,9 @@ class StopPodSandboxRequest(betterproto2.Message):
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "StopPodSandboxRequest", StopPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StopPodSandboxRequest", StopPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2667,7 +2961,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class StreamContainersResponse(betterproto2.Message):
-    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[Container]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -2701,18 +2997,26 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class StreamImagesRequest(betterproto2.Message):
-    filter: "ImageFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ImageFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamImagesRequest", StreamImagesRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StreamImagesRequest", StreamImagesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class StreamImagesResponse(betterproto2.Message):
-    images: "list[Image]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    images: "list[Image]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamImagesResponse", StreamImagesResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StreamImagesResponse", StreamImagesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2824,7 +3128,9 @@ class UpdateContainerResourcesRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -2899,9 +3205,13 @@ class UserNamespace(betterproto2.Message):
         1, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceMode(0)
     )
 
-    uids: "list[IdMapping]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    uids: "list[IdMapping]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    gids: "list[IdMapping]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    gids: "list[IdMapping]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "UserNamespace", UserNamespace)
@@ -2987,7 +3297,9 @@ class WindowsContainerStats(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    cpu: "WindowsCpuUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "WindowsCpuUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     memory: "WindowsMemoryUsage | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -2998,7 +3310,9 @@ class WindowsContainerStats(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsContainerStats", WindowsContainerStats)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsContainerStats", WindowsContainerStats
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3068,7 +3382,9 @@ class WindowsMemoryUsage(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsMemoryUsage", WindowsMemoryUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsMemoryUsage", WindowsMemoryUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3087,13 +3403,17 @@ default_message_pool.register_message(
 class WindowsNetworkInterfaceUsage(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    rx_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     rx_packets_dropped: "UInt64Value | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    tx_bytes: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_bytes: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     tx_packets_dropped: "UInt64Value | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, optional=True
@@ -3118,7 +3438,9 @@ class WindowsNetworkUsage(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsNetworkUsage", WindowsNetworkUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsNetworkUsage", WindowsNetworkUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3135,7 +3457,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class WindowsPodSandboxStats(betterproto2.Message):
-    cpu: "WindowsCpuUsage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "WindowsCpuUsage | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     memory: "WindowsMemoryUsage | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -3168,7 +3492,9 @@ class WindowsProcessUsage(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsProcessUsage", WindowsProcessUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsProcessUsage", WindowsProcessUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4016,7 +4342,9 @@ class ImageServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamImagesResponse()
 
-    async def image_status(self, message: "ImageStatusRequest") -> "ImageStatusResponse":
+    async def image_status(
+        self, message: "ImageStatusRequest"
+    ) -> "ImageStatusResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4024,11 +4352,15 @@ class ImageServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove_image(self, message: "RemoveImageRequest") -> "RemoveImageResponse":
+    async def remove_image(
+        self, message: "RemoveImageRequest"
+    ) -> "RemoveImageResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def image_fs_info(self, message: "ImageFsInfoRequest") -> "ImageFsInfoResponse":
+    async def image_fs_info(
+        self, message: "ImageFsInfoRequest"
+    ) -> "ImageFsInfoResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4133,11 +4465,15 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def run_pod_sandbox(self, message: "RunPodSandboxRequest") -> "RunPodSandboxResponse":
+    async def run_pod_sandbox(
+        self, message: "RunPodSandboxRequest"
+    ) -> "RunPodSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stop_pod_sandbox(self, message: "StopPodSandboxRequest") -> "StopPodSandboxResponse":
+    async def stop_pod_sandbox(
+        self, message: "StopPodSandboxRequest"
+    ) -> "StopPodSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4153,7 +4489,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_pod_sandbox(self, message: "ListPodSandboxRequest") -> "ListPodSandboxResponse":
+    async def list_pod_sandbox(
+        self, message: "ListPodSandboxRequest"
+    ) -> "ListPodSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4170,11 +4508,15 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def start_container(self, message: "StartContainerRequest") -> "StartContainerResponse":
+    async def start_container(
+        self, message: "StartContainerRequest"
+    ) -> "StartContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stop_container(self, message: "StopContainerRequest") -> "StopContainerResponse":
+    async def stop_container(
+        self, message: "StopContainerRequest"
+    ) -> "StopContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4184,7 +4526,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_containers(self, message: "ListContainersRequest") -> "ListContainersResponse":
+    async def list_containers(
+        self, message: "ListContainersRequest"
+    ) -> "ListContainersResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4225,11 +4569,15 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def port_forward(self, message: "PortForwardRequest") -> "PortForwardResponse":
+    async def port_forward(
+        self, message: "PortForwardRequest"
+    ) -> "PortForwardResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def container_stats(self, message: "ContainerStatsRequest") -> "ContainerStatsResponse":
+    async def container_stats(
+        self, message: "ContainerStatsRequest"
+    ) -> "ContainerStatsResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4281,7 +4629,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def checkpoint_pod(self, message: "CheckpointPodRequest") -> "CheckpointPodResponse":
+    async def checkpoint_pod(
+        self, message: "CheckpointPodRequest"
+    ) -> "CheckpointPodResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4315,7 +4665,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamPodSandboxMetricsResponse()
 
-    async def runtime_config(self, message: "RuntimeConfigRequest") -> "RuntimeConfigResponse":
+    async def runtime_config(
+        self, message: "RuntimeConfigRequest"
+    ) -> "RuntimeConfigResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4334,7 +4686,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_run_pod_sandbox(
-        self, stream: "grpclib.server.Stream[RunPodSandboxRequest, RunPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[RunPodSandboxRequest, RunPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4342,7 +4695,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stop_pod_sandbox(
-        self, stream: "grpclib.server.Stream[StopPodSandboxRequest, StopPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[StopPodSandboxRequest, StopPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4350,7 +4704,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_remove_pod_sandbox(
-        self, stream: "grpclib.server.Stream[RemovePodSandboxRequest, RemovePodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[RemovePodSandboxRequest, RemovePodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4358,7 +4713,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pod_sandbox_status(
-        self, stream: "grpclib.server.Stream[PodSandboxStatusRequest, PodSandboxStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[PodSandboxStatusRequest, PodSandboxStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4366,7 +4722,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_pod_sandbox(
-        self, stream: "grpclib.server.Stream[ListPodSandboxRequest, ListPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListPodSandboxRequest, ListPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4374,7 +4731,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_pod_sandboxes(
-        self, stream: "grpclib.server.Stream[StreamPodSandboxesRequest, StreamPodSandboxesResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamPodSandboxesRequest, StreamPodSandboxesResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4385,7 +4743,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_create_container(
-        self, stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4393,7 +4752,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_start_container(
-        self, stream: "grpclib.server.Stream[StartContainerRequest, StartContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[StartContainerRequest, StartContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4401,7 +4761,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stop_container(
-        self, stream: "grpclib.server.Stream[StopContainerRequest, StopContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[StopContainerRequest, StopContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4409,7 +4770,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_remove_container(
-        self, stream: "grpclib.server.Stream[RemoveContainerRequest, RemoveContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[RemoveContainerRequest, RemoveContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4417,7 +4779,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_containers(
-        self, stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4425,7 +4788,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_containers(
-        self, stream: "grpclib.server.Stream[StreamContainersRequest, StreamContainersResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamContainersRequest, StreamContainersResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4436,7 +4800,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_container_status(
-        self, stream: "grpclib.server.Stream[ContainerStatusRequest, ContainerStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[ContainerStatusRequest, ContainerStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4453,7 +4818,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_reopen_container_log(
-        self, stream: "grpclib.server.Stream[ReopenContainerLogRequest, ReopenContainerLogResponse]"
+        self,
+        stream: "grpclib.server.Stream[ReopenContainerLogRequest, ReopenContainerLogResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4468,7 +4834,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.exec_sync(request)
         await stream.send_message(response)
 
-    async def __rpc_exec(self, stream: "grpclib.server.Stream[ExecRequest, ExecResponse]") -> None:
+    async def __rpc_exec(
+        self, stream: "grpclib.server.Stream[ExecRequest, ExecResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.exec(request)
@@ -4491,7 +4859,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_container_stats(
-        self, stream: "grpclib.server.Stream[ContainerStatsRequest, ContainerStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ContainerStatsRequest, ContainerStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4499,7 +4868,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_container_stats(
-        self, stream: "grpclib.server.Stream[ListContainerStatsRequest, ListContainerStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListContainerStatsRequest, ListContainerStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4519,7 +4889,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_pod_sandbox_stats(
-        self, stream: "grpclib.server.Stream[PodSandboxStatsRequest, PodSandboxStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[PodSandboxStatsRequest, PodSandboxStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4574,7 +4945,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_checkpoint_pod(
-        self, stream: "grpclib.server.Stream[CheckpointPodRequest, CheckpointPodResponse]"
+        self,
+        stream: "grpclib.server.Stream[CheckpointPodRequest, CheckpointPodResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -4631,7 +5003,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_runtime_config(
-        self, stream: "grpclib.server.Stream[RuntimeConfigRequest, RuntimeConfigResponse]"
+        self,
+        stream: "grpclib.server.Stream[RuntimeConfigRequest, RuntimeConfigResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

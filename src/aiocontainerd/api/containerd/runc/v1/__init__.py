@@ -32,7 +32,9 @@ class CheckpointOptions(betterproto2.Message):
 
     file_locks: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
 
-    empty_namespaces: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    empty_namespaces: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
 
     cgroups_mode: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
@@ -43,7 +45,9 @@ class CheckpointOptions(betterproto2.Message):
     parent_path: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.runc.v1", "CheckpointOptions", CheckpointOptions)
+default_message_pool.register_message(
+    "containerd.runc.v1", "CheckpointOptions", CheckpointOptions
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -88,4 +92,6 @@ class ProcessDetails(betterproto2.Message):
     exec_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.runc.v1", "ProcessDetails", ProcessDetails)
+default_message_pool.register_message(
+    "containerd.runc.v1", "ProcessDetails", ProcessDetails
+)

@@ -77,7 +77,9 @@ class CloseIoRequest(betterproto2.Message):
     stdin: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.task.v2", "CloseIORequest", CloseIoRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "CloseIORequest", CloseIoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -85,7 +87,9 @@ class ConnectRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "ConnectRequest", ConnectRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "ConnectRequest", ConnectRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -97,7 +101,9 @@ class ConnectResponse(betterproto2.Message):
     version: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "ConnectResponse", ConnectResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "ConnectResponse", ConnectResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -127,7 +133,9 @@ class CreateTaskRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "CreateTaskRequest", CreateTaskRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "CreateTaskRequest", CreateTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -147,7 +155,9 @@ class DeleteRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "DeleteRequest", DeleteRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "DeleteRequest", DeleteRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -161,7 +171,9 @@ class DeleteResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "DeleteResponse", DeleteResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "DeleteResponse", DeleteResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -217,7 +229,9 @@ class PauseRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "PauseRequest", PauseRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "PauseRequest", PauseRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -235,7 +249,9 @@ class PidsResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "PidsResponse", PidsResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "PidsResponse", PidsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -249,7 +265,9 @@ class ResizePtyRequest(betterproto2.Message):
     height: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message("containerd.task.v2", "ResizePtyRequest", ResizePtyRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "ResizePtyRequest", ResizePtyRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -257,7 +275,9 @@ class ResumeRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "ResumeRequest", ResumeRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "ResumeRequest", ResumeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -267,7 +287,9 @@ class ShutdownRequest(betterproto2.Message):
     now: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.task.v2", "ShutdownRequest", ShutdownRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "ShutdownRequest", ShutdownRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -277,7 +299,9 @@ class StartRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "StartRequest", StartRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "StartRequest", StartRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -285,7 +309,9 @@ class StartResponse(betterproto2.Message):
     pid: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message("containerd.task.v2", "StartResponse", StartResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "StartResponse", StartResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -295,7 +321,9 @@ class StateRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "StateRequest", StateRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "StateRequest", StateRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -327,7 +355,9 @@ class StateResponse(betterproto2.Message):
     exec_id: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "StateResponse", StateResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "StateResponse", StateResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -335,7 +365,9 @@ class StatsRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.task.v2", "StatsRequest", StatsRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "StatsRequest", StatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -345,7 +377,9 @@ class StatsResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "StatsResponse", StatsResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "StatsResponse", StatsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -359,11 +393,15 @@ class UpdateTaskRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "UpdateTaskRequest", UpdateTaskRequest)
+default_message_pool.register_message(
+    "containerd.task.v2", "UpdateTaskRequest", UpdateTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -385,7 +423,9 @@ class WaitResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.task.v2", "WaitResponse", WaitResponse)
+default_message_pool.register_message(
+    "containerd.task.v2", "WaitResponse", WaitResponse
+)
 
 
 class TaskStub(betterproto2_grpclib.ServiceStub):
@@ -738,7 +778,9 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def checkpoint(self, message: "CheckpointTaskRequest") -> "___google__protobuf__.Empty":
+    async def checkpoint(
+        self, message: "CheckpointTaskRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -746,19 +788,27 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def exec(self, message: "ExecProcessRequest") -> "___google__protobuf__.Empty":
+    async def exec(
+        self, message: "ExecProcessRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def resize_pty(self, message: "ResizePtyRequest") -> "___google__protobuf__.Empty":
+    async def resize_pty(
+        self, message: "ResizePtyRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def close_io(self, message: "CloseIoRequest") -> "___google__protobuf__.Empty":
+    async def close_io(
+        self, message: "CloseIoRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "UpdateTaskRequest") -> "___google__protobuf__.Empty":
+    async def update(
+        self, message: "UpdateTaskRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -774,7 +824,9 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def shutdown(self, message: "ShutdownRequest") -> "___google__protobuf__.Empty":
+    async def shutdown(
+        self, message: "ShutdownRequest"
+    ) -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -810,7 +862,9 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         response = await self.delete(request)
         await stream.send_message(response)
 
-    async def __rpc_pids(self, stream: "grpclib.server.Stream[PidsRequest, PidsResponse]") -> None:
+    async def __rpc_pids(
+        self, stream: "grpclib.server.Stream[PidsRequest, PidsResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.pids(request)
@@ -825,7 +879,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resume(
-        self, stream: "grpclib.server.Stream[ResumeRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ResumeRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -833,7 +888,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_checkpoint(
-        self, stream: "grpclib.server.Stream[CheckpointTaskRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[CheckpointTaskRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -849,7 +905,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_exec(
-        self, stream: "grpclib.server.Stream[ExecProcessRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ExecProcessRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -857,7 +914,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resize_pty(
-        self, stream: "grpclib.server.Stream[ResizePtyRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ResizePtyRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -865,7 +923,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_close_io(
-        self, stream: "grpclib.server.Stream[CloseIoRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[CloseIoRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -873,14 +932,17 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[UpdateTaskRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[UpdateTaskRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.update(request)
         await stream.send_message(response)
 
-    async def __rpc_wait(self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]") -> None:
+    async def __rpc_wait(
+        self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.wait(request)
@@ -903,7 +965,8 @@ class TaskBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_shutdown(
-        self, stream: "grpclib.server.Stream[ShutdownRequest, ___google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ShutdownRequest, ___google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

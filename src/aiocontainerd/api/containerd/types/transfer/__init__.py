@@ -59,10 +59,14 @@ class AuthRequest(betterproto2.Message):
 
     reference: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    wwwauthenticate: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    wwwauthenticate: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
-default_message_pool.register_message("containerd.types.transfer", "AuthRequest", AuthRequest)
+default_message_pool.register_message(
+    "containerd.types.transfer", "AuthRequest", AuthRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -80,7 +84,9 @@ class AuthResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.types.transfer", "AuthResponse", AuthResponse)
+default_message_pool.register_message(
+    "containerd.types.transfer", "AuthResponse", AuthResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -94,7 +100,9 @@ class ContainerPath(betterproto2.Message):
     preserve_ownership: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.types.transfer", "ContainerPath", ContainerPath)
+default_message_pool.register_message(
+    "containerd.types.transfer", "ContainerPath", ContainerPath
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -154,7 +162,9 @@ class ImageReference(betterproto2.Message):
     skip_named_digest: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.types.transfer", "ImageReference", ImageReference)
+default_message_pool.register_message(
+    "containerd.types.transfer", "ImageReference", ImageReference
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -164,7 +174,9 @@ class ImageStore(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     platforms: "list[__types__.Platform]" = betterproto2.field(
@@ -184,7 +196,9 @@ class ImageStore(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.types.transfer", "ImageStore", ImageStore)
+default_message_pool.register_message(
+    "containerd.types.transfer", "ImageStore", ImageStore
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -196,7 +210,9 @@ class OciRegistry(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.types.transfer", "OCIRegistry", OciRegistry)
+default_message_pool.register_message(
+    "containerd.types.transfer", "OCIRegistry", OciRegistry
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -205,7 +221,9 @@ class Progress(betterproto2.Message):
 
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    parents: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    parents: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
     progress: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
@@ -226,7 +244,9 @@ class ReadStream(betterproto2.Message):
     media_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.types.transfer", "ReadStream", ReadStream)
+default_message_pool.register_message(
+    "containerd.types.transfer", "ReadStream", ReadStream
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -236,7 +256,9 @@ class RegistryResolver(betterproto2.Message):
     headers: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     host_dir: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -274,7 +296,9 @@ class WindowUpdate(betterproto2.Message):
     update: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
 
-default_message_pool.register_message("containerd.types.transfer", "WindowUpdate", WindowUpdate)
+default_message_pool.register_message(
+    "containerd.types.transfer", "WindowUpdate", WindowUpdate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -284,7 +308,9 @@ class WriteStream(betterproto2.Message):
     media_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.types.transfer", "WriteStream", WriteStream)
+default_message_pool.register_message(
+    "containerd.types.transfer", "WriteStream", WriteStream
+)
 
 
 from ....google import protobuf as ___google__protobuf__

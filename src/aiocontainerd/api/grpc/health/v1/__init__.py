@@ -47,17 +47,23 @@ class HealthCheckRequest(betterproto2.Message):
     service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("grpc.health.v1", "HealthCheckRequest", HealthCheckRequest)
+default_message_pool.register_message(
+    "grpc.health.v1", "HealthCheckRequest", HealthCheckRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class HealthCheckResponse(betterproto2.Message):
     status: "HealthCheckResponseServingStatus" = betterproto2.field(
-        1, betterproto2.TYPE_ENUM, default_factory=lambda: HealthCheckResponseServingStatus(0)
+        1,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: HealthCheckResponseServingStatus(0),
     )
 
 
-default_message_pool.register_message("grpc.health.v1", "HealthCheckResponse", HealthCheckResponse)
+default_message_pool.register_message(
+    "grpc.health.v1", "HealthCheckResponse", HealthCheckResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -65,7 +71,9 @@ class HealthListRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("grpc.health.v1", "HealthListRequest", HealthListRequest)
+default_message_pool.register_message(
+    "grpc.health.v1", "HealthListRequest", HealthListRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -73,11 +81,15 @@ class HealthListResponse(betterproto2.Message):
     statuses: "dict[str, HealthCheckResponse]" = betterproto2.field(
         1,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
+        ),
     )
 
 
-default_message_pool.register_message("grpc.health.v1", "HealthListResponse", HealthListResponse)
+default_message_pool.register_message(
+    "grpc.health.v1", "HealthListResponse", HealthListResponse
+)
 
 
 class HealthStub(betterproto2_grpclib.ServiceStub):
@@ -149,7 +161,9 @@ class HealthBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def watch(self, message: "HealthCheckRequest") -> "AsyncIterator[HealthCheckResponse]":
+    async def watch(
+        self, message: "HealthCheckRequest"
+    ) -> "AsyncIterator[HealthCheckResponse]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield HealthCheckResponse()

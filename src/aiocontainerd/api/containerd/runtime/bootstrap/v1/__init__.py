@@ -89,9 +89,13 @@ class BootstrapParams(betterproto2.Message):
 
     containerd_binary: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
-    extensions: "list[Extension]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    extensions: "list[Extension]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    socket_dir: "str | None" = betterproto2.field(9, betterproto2.TYPE_STRING, optional=True)
+    socket_dir: "str | None" = betterproto2.field(
+        9, betterproto2.TYPE_STRING, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -107,12 +111,16 @@ class BootstrapResult(betterproto2.Message):
 
     protocol: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    capabilities: "list[Capability]" = betterproto2.field(4, betterproto2.TYPE_ENUM, repeated=True)
+    capabilities: "list[Capability]" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, repeated=True
+    )
 
     metadata: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -128,7 +136,9 @@ class Extension(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.runtime.bootstrap.v1", "Extension", Extension)
+default_message_pool.register_message(
+    "containerd.runtime.bootstrap.v1", "Extension", Extension
+)
 
 
 from .....google import protobuf as ____google__protobuf__

@@ -65,7 +65,9 @@ class CreateSandboxRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -89,7 +91,9 @@ class PingRequest(betterproto2.Message):
     sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.runtime.sandbox.v1", "PingRequest", PingRequest)
+default_message_pool.register_message(
+    "containerd.runtime.sandbox.v1", "PingRequest", PingRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -97,7 +101,9 @@ class PingResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("containerd.runtime.sandbox.v1", "PingResponse", PingResponse)
+default_message_pool.register_message(
+    "containerd.runtime.sandbox.v1", "PingResponse", PingResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -167,7 +173,9 @@ class SandboxStatusResponse(betterproto2.Message):
     info: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     created_at: "____google__protobuf__.Timestamp | None" = betterproto2.field(
@@ -269,7 +277,9 @@ class UpdateSandboxRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -489,11 +499,15 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
     Sandbox (shim side): create, start, stop, wait on, query and shut down a pod sandbox.
     """
 
-    async def create_sandbox(self, message: "CreateSandboxRequest") -> "CreateSandboxResponse":
+    async def create_sandbox(
+        self, message: "CreateSandboxRequest"
+    ) -> "CreateSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def start_sandbox(self, message: "StartSandboxRequest") -> "StartSandboxResponse":
+    async def start_sandbox(
+        self, message: "StartSandboxRequest"
+    ) -> "StartSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -501,15 +515,21 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stop_sandbox(self, message: "StopSandboxRequest") -> "StopSandboxResponse":
+    async def stop_sandbox(
+        self, message: "StopSandboxRequest"
+    ) -> "StopSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def wait_sandbox(self, message: "WaitSandboxRequest") -> "WaitSandboxResponse":
+    async def wait_sandbox(
+        self, message: "WaitSandboxRequest"
+    ) -> "WaitSandboxResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def sandbox_status(self, message: "SandboxStatusRequest") -> "SandboxStatusResponse":
+    async def sandbox_status(
+        self, message: "SandboxStatusRequest"
+    ) -> "SandboxStatusResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -523,12 +543,15 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def sandbox_metrics(self, message: "SandboxMetricsRequest") -> "SandboxMetricsResponse":
+    async def sandbox_metrics(
+        self, message: "SandboxMetricsRequest"
+    ) -> "SandboxMetricsResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_sandbox(
-        self, stream: "grpclib.server.Stream[CreateSandboxRequest, CreateSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[CreateSandboxRequest, CreateSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -568,7 +591,8 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_sandbox_status(
-        self, stream: "grpclib.server.Stream[SandboxStatusRequest, SandboxStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[SandboxStatusRequest, SandboxStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -584,7 +608,8 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_shutdown_sandbox(
-        self, stream: "grpclib.server.Stream[ShutdownSandboxRequest, ShutdownSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[ShutdownSandboxRequest, ShutdownSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -592,7 +617,8 @@ class SandboxBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_sandbox_metrics(
-        self, stream: "grpclib.server.Stream[SandboxMetricsRequest, SandboxMetricsResponse]"
+        self,
+        stream: "grpclib.server.Stream[SandboxMetricsRequest, SandboxMetricsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

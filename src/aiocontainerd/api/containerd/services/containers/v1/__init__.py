@@ -46,7 +46,9 @@ class Container(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     image: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -74,13 +76,17 @@ class Container(betterproto2.Message):
     extensions: "dict[str, ____google__protobuf__.Any]" = betterproto2.field(
         10,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
+        ),
     )
 
     sandbox: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.containers.v1", "Container", Container)
+default_message_pool.register_message(
+    "containerd.services.containers.v1", "Container", Container
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -99,21 +105,29 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class CreateContainerRequest(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "CreateContainerRequest", CreateContainerRequest
+    "containerd.services.containers.v1",
+    "CreateContainerRequest",
+    CreateContainerRequest,
 )
 
 
 @dataclass(eq=False, repr=False)
 class CreateContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "CreateContainerResponse", CreateContainerResponse
+    "containerd.services.containers.v1",
+    "CreateContainerResponse",
+    CreateContainerResponse,
 )
 
 
@@ -123,7 +137,9 @@ class DeleteContainerRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "DeleteContainerRequest", DeleteContainerRequest
+    "containerd.services.containers.v1",
+    "DeleteContainerRequest",
+    DeleteContainerRequest,
 )
 
 
@@ -139,7 +155,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -149,7 +167,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainerMessage(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -159,7 +179,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainersRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -169,17 +191,23 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainersResponse(betterproto2.Message):
-    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[Container]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "ListContainersResponse", ListContainersResponse
+    "containerd.services.containers.v1",
+    "ListContainersResponse",
+    ListContainersResponse,
 )
 
 
 @dataclass(eq=False, repr=False)
 class UpdateContainerRequest(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -187,17 +215,23 @@ class UpdateContainerRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "UpdateContainerRequest", UpdateContainerRequest
+    "containerd.services.containers.v1",
+    "UpdateContainerRequest",
+    UpdateContainerRequest,
 )
 
 
 @dataclass(eq=False, repr=False)
 class UpdateContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    container: "Container | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1", "UpdateContainerResponse", UpdateContainerResponse
+    "containerd.services.containers.v1",
+    "UpdateContainerResponse",
+    UpdateContainerResponse,
 )
 
 
@@ -339,15 +373,21 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ListContainerMessage()
 
-    async def create(self, message: "CreateContainerRequest") -> "CreateContainerResponse":
+    async def create(
+        self, message: "CreateContainerRequest"
+    ) -> "CreateContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "UpdateContainerRequest") -> "UpdateContainerResponse":
+    async def update(
+        self, message: "UpdateContainerRequest"
+    ) -> "UpdateContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete(self, message: "DeleteContainerRequest") -> "____google__protobuf__.Empty":
+    async def delete(
+        self, message: "DeleteContainerRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -360,7 +400,8 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list(
-        self, stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -368,7 +409,8 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_stream(
-        self, stream: "grpclib.server.Stream[ListContainersRequest, ListContainerMessage]"
+        self,
+        stream: "grpclib.server.Stream[ListContainersRequest, ListContainerMessage]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -379,7 +421,8 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_create(
-        self, stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -387,7 +430,8 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[UpdateContainerRequest, UpdateContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[UpdateContainerRequest, UpdateContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -395,7 +439,8 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteContainerRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteContainerRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -91,7 +91,9 @@ class Info(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -103,12 +105,16 @@ class InfoRequest(betterproto2.Message):
     digest: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.content.v1", "InfoRequest", InfoRequest)
+default_message_pool.register_message(
+    "containerd.services.content.v1", "InfoRequest", InfoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class InfoResponse(betterproto2.Message):
-    info: "Info | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -118,7 +124,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContentRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -138,7 +146,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListStatusesRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -148,7 +158,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListStatusesResponse(betterproto2.Message):
-    statuses: "list[Status]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    statuses: "list[Status]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -201,7 +213,9 @@ class Status(betterproto2.Message):
     expected: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.content.v1", "Status", Status)
+default_message_pool.register_message(
+    "containerd.services.content.v1", "Status", Status
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -216,7 +230,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class StatusResponse(betterproto2.Message):
-    status: "Status | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "Status | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -226,7 +242,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class UpdateRequest(betterproto2.Message):
-    info: "Info | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -240,7 +258,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class UpdateResponse(betterproto2.Message):
-    info: "Info | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -267,7 +287,9 @@ class WriteContentRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -490,16 +512,22 @@ class ContentBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list(self, message: "ListContentRequest") -> "AsyncIterator[ListContentResponse]":
+    async def list(
+        self, message: "ListContentRequest"
+    ) -> "AsyncIterator[ListContentResponse]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ListContentResponse()
 
-    async def delete(self, message: "DeleteContentRequest") -> "____google__protobuf__.Empty":
+    async def delete(
+        self, message: "DeleteContentRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def read(self, message: "ReadContentRequest") -> "AsyncIterator[ReadContentResponse]":
+    async def read(
+        self, message: "ReadContentRequest"
+    ) -> "AsyncIterator[ReadContentResponse]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ReadContentResponse()
@@ -508,7 +536,9 @@ class ContentBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_statuses(self, message: "ListStatusesRequest") -> "ListStatusesResponse":
+    async def list_statuses(
+        self, message: "ListStatusesRequest"
+    ) -> "ListStatusesResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -523,7 +553,9 @@ class ContentBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def __rpc_info(self, stream: "grpclib.server.Stream[InfoRequest, InfoResponse]") -> None:
+    async def __rpc_info(
+        self, stream: "grpclib.server.Stream[InfoRequest, InfoResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.info(request)
@@ -549,7 +581,8 @@ class ContentBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteContentRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteContentRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -594,7 +627,8 @@ class ContentBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_abort(
-        self, stream: "grpclib.server.Stream[AbortRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[AbortRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

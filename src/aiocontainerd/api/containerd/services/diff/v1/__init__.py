@@ -3,7 +3,14 @@
 # plugin: python-betterproto2
 # This file has been @generated
 
-__all__ = ("ApplyRequest", "ApplyResponse", "DiffBase", "DiffRequest", "DiffResponse", "DiffStub")
+__all__ = (
+    "ApplyRequest",
+    "ApplyResponse",
+    "DiffBase",
+    "DiffRequest",
+    "DiffResponse",
+    "DiffStub",
+)
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,13 +43,17 @@ class ApplyRequest(betterproto2.Message):
     payloads: "dict[str, ____google__protobuf__.Any]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
+        ),
     )
 
     sync_fs: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.services.diff.v1", "ApplyRequest", ApplyRequest)
+default_message_pool.register_message(
+    "containerd.services.diff.v1", "ApplyRequest", ApplyRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -52,12 +63,16 @@ class ApplyResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.diff.v1", "ApplyResponse", ApplyResponse)
+default_message_pool.register_message(
+    "containerd.services.diff.v1", "ApplyResponse", ApplyResponse
+)
 
 
 @dataclass(eq=False, repr=False)
 class DiffRequest(betterproto2.Message):
-    left: "list[___types__.Mount]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    left: "list[___types__.Mount]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     right: "list[___types__.Mount]" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, repeated=True
@@ -70,7 +85,9 @@ class DiffRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     source_date_epoch: "____google__protobuf__.Timestamp | None" = betterproto2.field(
@@ -78,7 +95,9 @@ class DiffRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.diff.v1", "DiffRequest", DiffRequest)
+default_message_pool.register_message(
+    "containerd.services.diff.v1", "DiffRequest", DiffRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -88,7 +107,9 @@ class DiffResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.diff.v1", "DiffResponse", DiffResponse)
+default_message_pool.register_message(
+    "containerd.services.diff.v1", "DiffResponse", DiffResponse
+)
 
 
 class DiffStub(betterproto2_grpclib.ServiceStub):
@@ -158,7 +179,9 @@ class DiffBase(betterproto2_grpclib.ServiceBase):
         response = await self.apply(request)
         await stream.send_message(response)
 
-    async def __rpc_diff(self, stream: "grpclib.server.Stream[DiffRequest, DiffResponse]") -> None:
+    async def __rpc_diff(
+        self, stream: "grpclib.server.Stream[DiffRequest, DiffResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.diff(request)

@@ -3,7 +3,13 @@
 # plugin: python-betterproto2
 # This file has been @generated
 
-__all__ = ("EventsBase", "EventsStub", "ForwardRequest", "PublishRequest", "SubscribeRequest")
+__all__ = (
+    "EventsBase",
+    "EventsStub",
+    "ForwardRequest",
+    "PublishRequest",
+    "SubscribeRequest",
+)
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,7 +58,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class SubscribeRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -130,21 +138,28 @@ class EventsBase(betterproto2_grpclib.ServiceBase):
     Events: publish, forward and subscribe to containerd events.
     """
 
-    async def publish(self, message: "PublishRequest") -> "____google__protobuf__.Empty":
+    async def publish(
+        self, message: "PublishRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def forward(self, message: "ForwardRequest") -> "____google__protobuf__.Empty":
+    async def forward(
+        self, message: "ForwardRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def subscribe(self, message: "SubscribeRequest") -> "AsyncIterator[___types__.Envelope]":
+    async def subscribe(
+        self, message: "SubscribeRequest"
+    ) -> "AsyncIterator[___types__.Envelope]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ___types__.Envelope()
 
     async def __rpc_publish(
-        self, stream: "grpclib.server.Stream[PublishRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[PublishRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -152,7 +167,8 @@ class EventsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_forward(
-        self, stream: "grpclib.server.Stream[ForwardRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ForwardRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -41,7 +41,9 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 @dataclass(eq=False, repr=False)
 class CreateImageRequest(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     source_date_epoch: "____google__protobuf__.Timestamp | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -55,7 +57,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class CreateImageResponse(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -91,7 +95,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetImageResponse(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -106,7 +112,9 @@ class Image(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     target: "___types__.Descriptor | None" = betterproto2.field(
@@ -132,11 +140,15 @@ class ImageCreate(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.services.images.v1", "ImageCreate", ImageCreate)
+default_message_pool.register_message(
+    "containerd.services.images.v1", "ImageCreate", ImageCreate
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -144,7 +156,9 @@ class ImageDelete(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.images.v1", "ImageDelete", ImageDelete)
+default_message_pool.register_message(
+    "containerd.services.images.v1", "ImageDelete", ImageDelete
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -154,16 +168,22 @@ class ImageUpdate(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.services.images.v1", "ImageUpdate", ImageUpdate)
+default_message_pool.register_message(
+    "containerd.services.images.v1", "ImageUpdate", ImageUpdate
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListImagesRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -173,7 +193,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListImagesResponse(betterproto2.Message):
-    images: "list[Image]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    images: "list[Image]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -183,7 +205,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class UpdateImageRequest(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -201,7 +225,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class UpdateImageResponse(betterproto2.Message):
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -330,7 +356,9 @@ class ImagesBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete(self, message: "DeleteImageRequest") -> "____google__protobuf__.Empty":
+    async def delete(
+        self, message: "DeleteImageRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -367,7 +395,8 @@ class ImagesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteImageRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteImageRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -55,7 +55,9 @@ class Plugin(betterproto2.Message):
 
     id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    requires: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    requires: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
 
     platforms: "list[___types__.Platform]" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, repeated=True
@@ -64,17 +66,23 @@ class Plugin(betterproto2.Message):
     exports: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
-    capabilities: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    capabilities: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
 
     init_err: "____google__rpc__.Status | None" = betterproto2.field(
         7, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("containerd.services.introspection.v1", "Plugin", Plugin)
+default_message_pool.register_message(
+    "containerd.services.introspection.v1", "Plugin", Plugin
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -95,7 +103,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PluginInfoResponse(betterproto2.Message):
-    plugin: "Plugin | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    plugin: "Plugin | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     extra: "____google__protobuf__.Any | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -109,7 +119,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PluginsRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -119,7 +131,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PluginsResponse(betterproto2.Message):
-    plugins: "list[Plugin]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    plugins: "list[Plugin]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -239,7 +253,8 @@ class IntrospectionBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_server(
-        self, stream: "grpclib.server.Stream[____google__protobuf__.Empty, ServerResponse]"
+        self,
+        stream: "grpclib.server.Stream[____google__protobuf__.Empty, ServerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

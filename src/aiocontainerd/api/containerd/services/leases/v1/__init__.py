@@ -41,7 +41,9 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 class AddResourceRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    resource: "Resource | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    resource: "Resource | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -56,7 +58,9 @@ class CreateRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -67,7 +71,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class CreateResponse(betterproto2.Message):
-    lease: "Lease | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    lease: "Lease | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -91,7 +97,9 @@ default_message_pool.register_message(
 class DeleteResourceRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    resource: "Resource | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    resource: "Resource | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -110,7 +118,9 @@ class Lease(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -119,10 +129,14 @@ default_message_pool.register_message("containerd.services.leases.v1", "Lease", 
 
 @dataclass(eq=False, repr=False)
 class ListRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
-default_message_pool.register_message("containerd.services.leases.v1", "ListRequest", ListRequest)
+default_message_pool.register_message(
+    "containerd.services.leases.v1", "ListRequest", ListRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -137,7 +151,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListResourcesResponse(betterproto2.Message):
-    resources: "list[Resource]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    resources: "list[Resource]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -147,10 +163,14 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListResponse(betterproto2.Message):
-    leases: "list[Lease]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    leases: "list[Lease]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("containerd.services.leases.v1", "ListResponse", ListResponse)
+default_message_pool.register_message(
+    "containerd.services.leases.v1", "ListResponse", ListResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -160,7 +180,9 @@ class Resource(betterproto2.Message):
     type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.leases.v1", "Resource", Resource)
+default_message_pool.register_message(
+    "containerd.services.leases.v1", "Resource", Resource
+)
 
 
 class LeasesStub(betterproto2_grpclib.ServiceStub):
@@ -297,7 +319,9 @@ class LeasesBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def add_resource(self, message: "AddResourceRequest") -> "____google__protobuf__.Empty":
+    async def add_resource(
+        self, message: "AddResourceRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -307,7 +331,9 @@ class LeasesBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_resources(self, message: "ListResourcesRequest") -> "ListResourcesResponse":
+    async def list_resources(
+        self, message: "ListResourcesRequest"
+    ) -> "ListResourcesResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -320,21 +346,25 @@ class LeasesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.delete(request)
         await stream.send_message(response)
 
-    async def __rpc_list(self, stream: "grpclib.server.Stream[ListRequest, ListResponse]") -> None:
+    async def __rpc_list(
+        self, stream: "grpclib.server.Stream[ListRequest, ListResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.list(request)
         await stream.send_message(response)
 
     async def __rpc_add_resource(
-        self, stream: "grpclib.server.Stream[AddResourceRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[AddResourceRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -342,7 +372,8 @@ class LeasesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete_resource(
-        self, stream: "grpclib.server.Stream[DeleteResourceRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteResourceRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -350,7 +381,8 @@ class LeasesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_resources(
-        self, stream: "grpclib.server.Stream[ListResourcesRequest, ListResourcesResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListResourcesRequest, ListResourcesResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

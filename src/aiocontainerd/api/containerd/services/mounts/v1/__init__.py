@@ -47,7 +47,9 @@ class ActivateRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     temporary: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
@@ -85,7 +87,9 @@ class InfoRequest(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.mounts.v1", "InfoRequest", InfoRequest)
+default_message_pool.register_message(
+    "containerd.services.mounts.v1", "InfoRequest", InfoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -95,7 +99,9 @@ class InfoResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.mounts.v1", "InfoResponse", InfoResponse)
+default_message_pool.register_message(
+    "containerd.services.mounts.v1", "InfoResponse", InfoResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -105,15 +111,21 @@ class ListMessage(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.mounts.v1", "ListMessage", ListMessage)
+default_message_pool.register_message(
+    "containerd.services.mounts.v1", "ListMessage", ListMessage
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
-default_message_pool.register_message("containerd.services.mounts.v1", "ListRequest", ListRequest)
+default_message_pool.register_message(
+    "containerd.services.mounts.v1", "ListRequest", ListRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -254,7 +266,9 @@ class MountsBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def deactivate(self, message: "DeactivateRequest") -> "____google__protobuf__.Empty":
+    async def deactivate(
+        self, message: "DeactivateRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -280,14 +294,17 @@ class MountsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_deactivate(
-        self, stream: "grpclib.server.Stream[DeactivateRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeactivateRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.deactivate(request)
         await stream.send_message(response)
 
-    async def __rpc_info(self, stream: "grpclib.server.Stream[InfoRequest, InfoResponse]") -> None:
+    async def __rpc_info(
+        self, stream: "grpclib.server.Stream[InfoRequest, InfoResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.info(request)
@@ -301,7 +318,9 @@ class MountsBase(betterproto2_grpclib.ServiceBase):
         response = await self.update(request)
         await stream.send_message(response)
 
-    async def __rpc_list(self, stream: "grpclib.server.Stream[ListRequest, ListMessage]") -> None:
+    async def __rpc_list(
+        self, stream: "grpclib.server.Stream[ListRequest, ListMessage]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         await self._call_rpc_handler_server_stream(

@@ -38,21 +38,29 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 @dataclass(eq=False, repr=False)
 class CreateNamespaceRequest(betterproto2.Message):
-    namespace: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespace: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "CreateNamespaceRequest", CreateNamespaceRequest
+    "containerd.services.namespaces.v1",
+    "CreateNamespaceRequest",
+    CreateNamespaceRequest,
 )
 
 
 @dataclass(eq=False, repr=False)
 class CreateNamespaceResponse(betterproto2.Message):
-    namespace: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespace: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "CreateNamespaceResponse", CreateNamespaceResponse
+    "containerd.services.namespaces.v1",
+    "CreateNamespaceResponse",
+    CreateNamespaceResponse,
 )
 
 
@@ -62,7 +70,9 @@ class DeleteNamespaceRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "DeleteNamespaceRequest", DeleteNamespaceRequest
+    "containerd.services.namespaces.v1",
+    "DeleteNamespaceRequest",
+    DeleteNamespaceRequest,
 )
 
 
@@ -78,7 +88,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetNamespaceResponse(betterproto2.Message):
-    namespace: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespace: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -98,11 +110,15 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListNamespacesResponse(betterproto2.Message):
-    namespaces: "list[Namespace]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    namespaces: "list[Namespace]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "ListNamespacesResponse", ListNamespacesResponse
+    "containerd.services.namespaces.v1",
+    "ListNamespacesResponse",
+    ListNamespacesResponse,
 )
 
 
@@ -113,16 +129,22 @@ class Namespace(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("containerd.services.namespaces.v1", "Namespace", Namespace)
+default_message_pool.register_message(
+    "containerd.services.namespaces.v1", "Namespace", Namespace
+)
 
 
 @dataclass(eq=False, repr=False)
 class UpdateNamespaceRequest(betterproto2.Message):
-    namespace: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespace: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -130,17 +152,23 @@ class UpdateNamespaceRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "UpdateNamespaceRequest", UpdateNamespaceRequest
+    "containerd.services.namespaces.v1",
+    "UpdateNamespaceRequest",
+    UpdateNamespaceRequest,
 )
 
 
 @dataclass(eq=False, repr=False)
 class UpdateNamespaceResponse(betterproto2.Message):
-    namespace: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespace: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
-    "containerd.services.namespaces.v1", "UpdateNamespaceResponse", UpdateNamespaceResponse
+    "containerd.services.namespaces.v1",
+    "UpdateNamespaceResponse",
+    UpdateNamespaceResponse,
 )
 
 
@@ -256,15 +284,21 @@ class NamespacesBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def create(self, message: "CreateNamespaceRequest") -> "CreateNamespaceResponse":
+    async def create(
+        self, message: "CreateNamespaceRequest"
+    ) -> "CreateNamespaceResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "UpdateNamespaceRequest") -> "UpdateNamespaceResponse":
+    async def update(
+        self, message: "UpdateNamespaceRequest"
+    ) -> "UpdateNamespaceResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete(self, message: "DeleteNamespaceRequest") -> "____google__protobuf__.Empty":
+    async def delete(
+        self, message: "DeleteNamespaceRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -277,7 +311,8 @@ class NamespacesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list(
-        self, stream: "grpclib.server.Stream[ListNamespacesRequest, ListNamespacesResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListNamespacesRequest, ListNamespacesResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -285,7 +320,8 @@ class NamespacesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_create(
-        self, stream: "grpclib.server.Stream[CreateNamespaceRequest, CreateNamespaceResponse]"
+        self,
+        stream: "grpclib.server.Stream[CreateNamespaceRequest, CreateNamespaceResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -293,7 +329,8 @@ class NamespacesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[UpdateNamespaceRequest, UpdateNamespaceResponse]"
+        self,
+        stream: "grpclib.server.Stream[UpdateNamespaceRequest, UpdateNamespaceResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -301,7 +338,8 @@ class NamespacesBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteNamespaceRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[DeleteNamespaceRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

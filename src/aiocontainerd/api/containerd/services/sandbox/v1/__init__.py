@@ -73,7 +73,9 @@ class ControllerCreateRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     sandbox: "___types__.Sandbox | None" = betterproto2.field(
@@ -94,7 +96,9 @@ class ControllerCreateResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerCreateResponse", ControllerCreateResponse
+    "containerd.services.sandbox.v1",
+    "ControllerCreateResponse",
+    ControllerCreateResponse,
 )
 
 
@@ -106,7 +110,9 @@ class ControllerMetricsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerMetricsRequest", ControllerMetricsRequest
+    "containerd.services.sandbox.v1",
+    "ControllerMetricsRequest",
+    ControllerMetricsRequest,
 )
 
 
@@ -118,7 +124,9 @@ class ControllerMetricsResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerMetricsResponse", ControllerMetricsResponse
+    "containerd.services.sandbox.v1",
+    "ControllerMetricsResponse",
+    ControllerMetricsResponse,
 )
 
 
@@ -130,7 +138,9 @@ class ControllerPlatformRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerPlatformRequest", ControllerPlatformRequest
+    "containerd.services.sandbox.v1",
+    "ControllerPlatformRequest",
+    ControllerPlatformRequest,
 )
 
 
@@ -142,7 +152,9 @@ class ControllerPlatformResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerPlatformResponse", ControllerPlatformResponse
+    "containerd.services.sandbox.v1",
+    "ControllerPlatformResponse",
+    ControllerPlatformResponse,
 )
 
 
@@ -154,7 +166,9 @@ class ControllerShutdownRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerShutdownRequest", ControllerShutdownRequest
+    "containerd.services.sandbox.v1",
+    "ControllerShutdownRequest",
+    ControllerShutdownRequest,
 )
 
 
@@ -164,7 +178,9 @@ class ControllerShutdownResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerShutdownResponse", ControllerShutdownResponse
+    "containerd.services.sandbox.v1",
+    "ControllerShutdownResponse",
+    ControllerShutdownResponse,
 )
 
 
@@ -193,7 +209,9 @@ class ControllerStartResponse(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     address: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
@@ -235,7 +253,9 @@ class ControllerStatusResponse(betterproto2.Message):
     info: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     created_at: "____google__protobuf__.Timestamp | None" = betterproto2.field(
@@ -256,7 +276,9 @@ class ControllerStatusResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerStatusResponse", ControllerStatusResponse
+    "containerd.services.sandbox.v1",
+    "ControllerStatusResponse",
+    ControllerStatusResponse,
 )
 
 
@@ -308,7 +330,9 @@ class ControllerUpdateResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.sandbox.v1", "ControllerUpdateResponse", ControllerUpdateResponse
+    "containerd.services.sandbox.v1",
+    "ControllerUpdateResponse",
+    ControllerUpdateResponse,
 )
 
 
@@ -406,7 +430,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class StoreListRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -725,15 +751,21 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
     Sandbox Controller: drive the lifecycle of sandbox instances.
     """
 
-    async def create(self, message: "ControllerCreateRequest") -> "ControllerCreateResponse":
+    async def create(
+        self, message: "ControllerCreateRequest"
+    ) -> "ControllerCreateResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def start(self, message: "ControllerStartRequest") -> "ControllerStartResponse":
+    async def start(
+        self, message: "ControllerStartRequest"
+    ) -> "ControllerStartResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def platform(self, message: "ControllerPlatformRequest") -> "ControllerPlatformResponse":
+    async def platform(
+        self, message: "ControllerPlatformRequest"
+    ) -> "ControllerPlatformResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -745,24 +777,33 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def status(self, message: "ControllerStatusRequest") -> "ControllerStatusResponse":
+    async def status(
+        self, message: "ControllerStatusRequest"
+    ) -> "ControllerStatusResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def shutdown(self, message: "ControllerShutdownRequest") -> "ControllerShutdownResponse":
+    async def shutdown(
+        self, message: "ControllerShutdownRequest"
+    ) -> "ControllerShutdownResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def metrics(self, message: "ControllerMetricsRequest") -> "ControllerMetricsResponse":
+    async def metrics(
+        self, message: "ControllerMetricsRequest"
+    ) -> "ControllerMetricsResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "ControllerUpdateRequest") -> "ControllerUpdateResponse":
+    async def update(
+        self, message: "ControllerUpdateRequest"
+    ) -> "ControllerUpdateResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create(
-        self, stream: "grpclib.server.Stream[ControllerCreateRequest, ControllerCreateResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerCreateRequest, ControllerCreateResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -770,7 +811,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_start(
-        self, stream: "grpclib.server.Stream[ControllerStartRequest, ControllerStartResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerStartRequest, ControllerStartResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -778,7 +820,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_platform(
-        self, stream: "grpclib.server.Stream[ControllerPlatformRequest, ControllerPlatformResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerPlatformRequest, ControllerPlatformResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -786,7 +829,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stop(
-        self, stream: "grpclib.server.Stream[ControllerStopRequest, ControllerStopResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerStopRequest, ControllerStopResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -794,7 +838,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_wait(
-        self, stream: "grpclib.server.Stream[ControllerWaitRequest, ControllerWaitResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerWaitRequest, ControllerWaitResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -802,7 +847,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_status(
-        self, stream: "grpclib.server.Stream[ControllerStatusRequest, ControllerStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerStatusRequest, ControllerStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -810,7 +856,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_shutdown(
-        self, stream: "grpclib.server.Stream[ControllerShutdownRequest, ControllerShutdownResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerShutdownRequest, ControllerShutdownResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -818,7 +865,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_metrics(
-        self, stream: "grpclib.server.Stream[ControllerMetricsRequest, ControllerMetricsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerMetricsRequest, ControllerMetricsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -826,7 +874,8 @@ class ControllerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[ControllerUpdateRequest, ControllerUpdateResponse]"
+        self,
+        stream: "grpclib.server.Stream[ControllerUpdateRequest, ControllerUpdateResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -77,7 +77,9 @@ class CommitSnapshotRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     parent: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
@@ -94,7 +96,9 @@ class Info(betterproto2.Message):
 
     parent: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    kind: "Kind" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Kind(0))
+    kind: "Kind" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Kind(0)
+    )
 
     created_at: "____google__protobuf__.Timestamp | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
@@ -107,7 +111,9 @@ class Info(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -118,7 +124,9 @@ default_message_pool.register_message("containerd.services.snapshots.v1", "Info"
 class ListSnapshotsRequest(betterproto2.Message):
     snapshotter: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    filters: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -171,7 +179,9 @@ class PrepareSnapshotRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -188,7 +198,9 @@ class PrepareSnapshotResponse(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.snapshots.v1", "PrepareSnapshotResponse", PrepareSnapshotResponse
+    "containerd.services.snapshots.v1",
+    "PrepareSnapshotResponse",
+    PrepareSnapshotResponse,
 )
 
 
@@ -218,7 +230,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class StatSnapshotResponse(betterproto2.Message):
-    info: "Info | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -230,7 +244,9 @@ default_message_pool.register_message(
 class UpdateSnapshotRequest(betterproto2.Message):
     snapshotter: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    info: "Info | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -244,7 +260,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class UpdateSnapshotResponse(betterproto2.Message):
-    info: "Info | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "Info | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -287,7 +305,9 @@ class ViewSnapshotRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -504,7 +524,9 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
     Snapshots: prepare, view, commit, remove and inspect filesystem snapshots.
     """
 
-    async def prepare(self, message: "PrepareSnapshotRequest") -> "PrepareSnapshotResponse":
+    async def prepare(
+        self, message: "PrepareSnapshotRequest"
+    ) -> "PrepareSnapshotResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -516,11 +538,15 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def commit(self, message: "CommitSnapshotRequest") -> "____google__protobuf__.Empty":
+    async def commit(
+        self, message: "CommitSnapshotRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove(self, message: "RemoveSnapshotRequest") -> "____google__protobuf__.Empty":
+    async def remove(
+        self, message: "RemoveSnapshotRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -528,11 +554,15 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "UpdateSnapshotRequest") -> "UpdateSnapshotResponse":
+    async def update(
+        self, message: "UpdateSnapshotRequest"
+    ) -> "UpdateSnapshotResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list(self, message: "ListSnapshotsRequest") -> "AsyncIterator[ListSnapshotsResponse]":
+    async def list(
+        self, message: "ListSnapshotsRequest"
+    ) -> "AsyncIterator[ListSnapshotsResponse]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ListSnapshotsResponse()
@@ -541,12 +571,15 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def cleanup(self, message: "CleanupRequest") -> "____google__protobuf__.Empty":
+    async def cleanup(
+        self, message: "CleanupRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_prepare(
-        self, stream: "grpclib.server.Stream[PrepareSnapshotRequest, PrepareSnapshotResponse]"
+        self,
+        stream: "grpclib.server.Stream[PrepareSnapshotRequest, PrepareSnapshotResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -570,7 +603,8 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_commit(
-        self, stream: "grpclib.server.Stream[CommitSnapshotRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[CommitSnapshotRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -578,7 +612,8 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_remove(
-        self, stream: "grpclib.server.Stream[RemoveSnapshotRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[RemoveSnapshotRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -594,7 +629,8 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[UpdateSnapshotRequest, UpdateSnapshotResponse]"
+        self,
+        stream: "grpclib.server.Stream[UpdateSnapshotRequest, UpdateSnapshotResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -602,7 +638,8 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list(
-        self, stream: "grpclib.server.Stream[ListSnapshotsRequest, ListSnapshotsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListSnapshotsRequest, ListSnapshotsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -621,7 +658,8 @@ class SnapshotsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_cleanup(
-        self, stream: "grpclib.server.Stream[CleanupRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[CleanupRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

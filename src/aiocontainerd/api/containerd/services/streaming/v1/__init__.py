@@ -29,7 +29,9 @@ class StreamInit(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.streaming.v1", "StreamInit", StreamInit)
+default_message_pool.register_message(
+    "containerd.services.streaming.v1", "StreamInit", StreamInit
+)
 
 
 class StreamingStub(betterproto2_grpclib.ServiceStub):

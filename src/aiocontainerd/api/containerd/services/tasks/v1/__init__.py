@@ -224,7 +224,9 @@ class GetRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "GetRequest", GetRequest)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "GetRequest", GetRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -234,7 +236,9 @@ class GetResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "GetResponse", GetResponse)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "GetResponse", GetResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -248,7 +252,9 @@ class KillRequest(betterproto2.Message):
     all: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "KillRequest", KillRequest)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "KillRequest", KillRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -297,7 +303,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class MetricsRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    filters: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -360,7 +368,9 @@ class StartRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "StartRequest", StartRequest)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "StartRequest", StartRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -384,7 +394,9 @@ class UpdateTaskRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
@@ -400,7 +412,9 @@ class WaitRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "WaitRequest", WaitRequest)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "WaitRequest", WaitRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -412,7 +426,9 @@ class WaitResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("containerd.services.tasks.v1", "WaitResponse", WaitResponse)
+default_message_pool.register_message(
+    "containerd.services.tasks.v1", "WaitResponse", WaitResponse
+)
 
 
 class TasksStub(betterproto2_grpclib.ServiceStub):
@@ -765,23 +781,33 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def exec(self, message: "ExecProcessRequest") -> "____google__protobuf__.Empty":
+    async def exec(
+        self, message: "ExecProcessRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def resize_pty(self, message: "ResizePtyRequest") -> "____google__protobuf__.Empty":
+    async def resize_pty(
+        self, message: "ResizePtyRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def close_io(self, message: "CloseIoRequest") -> "____google__protobuf__.Empty":
+    async def close_io(
+        self, message: "CloseIoRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def pause(self, message: "PauseTaskRequest") -> "____google__protobuf__.Empty":
+    async def pause(
+        self, message: "PauseTaskRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def resume(self, message: "ResumeTaskRequest") -> "____google__protobuf__.Empty":
+    async def resume(
+        self, message: "ResumeTaskRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -789,11 +815,15 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def checkpoint(self, message: "CheckpointTaskRequest") -> "CheckpointTaskResponse":
+    async def checkpoint(
+        self, message: "CheckpointTaskRequest"
+    ) -> "CheckpointTaskResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(self, message: "UpdateTaskRequest") -> "____google__protobuf__.Empty":
+    async def update(
+        self, message: "UpdateTaskRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -837,7 +867,9 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         response = await self.delete_process(request)
         await stream.send_message(response)
 
-    async def __rpc_get(self, stream: "grpclib.server.Stream[GetRequest, GetResponse]") -> None:
+    async def __rpc_get(
+        self, stream: "grpclib.server.Stream[GetRequest, GetResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get(request)
@@ -860,7 +892,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_exec(
-        self, stream: "grpclib.server.Stream[ExecProcessRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ExecProcessRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -868,7 +901,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resize_pty(
-        self, stream: "grpclib.server.Stream[ResizePtyRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ResizePtyRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -876,7 +910,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_close_io(
-        self, stream: "grpclib.server.Stream[CloseIoRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[CloseIoRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -884,7 +919,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pause(
-        self, stream: "grpclib.server.Stream[PauseTaskRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[PauseTaskRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -892,7 +928,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resume(
-        self, stream: "grpclib.server.Stream[ResumeTaskRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ResumeTaskRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -908,7 +945,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_checkpoint(
-        self, stream: "grpclib.server.Stream[CheckpointTaskRequest, CheckpointTaskResponse]"
+        self,
+        stream: "grpclib.server.Stream[CheckpointTaskRequest, CheckpointTaskResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -916,7 +954,8 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self, stream: "grpclib.server.Stream[UpdateTaskRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[UpdateTaskRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -931,7 +970,9 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         response = await self.metrics(request)
         await stream.send_message(response)
 
-    async def __rpc_wait(self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]") -> None:
+    async def __rpc_wait(
+        self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.wait(request)

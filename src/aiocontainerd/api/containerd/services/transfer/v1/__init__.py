@@ -85,12 +85,15 @@ class TransferBase(betterproto2_grpclib.ServiceBase):
     Transfer: move content (pull, push, import, export) between sources and destinations.
     """
 
-    async def transfer(self, message: "TransferRequest") -> "____google__protobuf__.Empty":
+    async def transfer(
+        self, message: "TransferRequest"
+    ) -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_transfer(
-        self, stream: "grpclib.server.Stream[TransferRequest, ____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[TransferRequest, ____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

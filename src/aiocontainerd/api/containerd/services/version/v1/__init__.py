@@ -70,12 +70,15 @@ class VersionBase(betterproto2_grpclib.ServiceBase):
     Version: report the containerd version and revision.
     """
 
-    async def version(self, message: "____google__protobuf__.Empty") -> "VersionResponse":
+    async def version(
+        self, message: "____google__protobuf__.Empty"
+    ) -> "VersionResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_version(
-        self, stream: "grpclib.server.Stream[____google__protobuf__.Empty, VersionResponse]"
+        self,
+        stream: "grpclib.server.Stream[____google__protobuf__.Empty, VersionResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -68,12 +68,15 @@ class EventsBase(betterproto2_grpclib.ServiceBase):
     Events (ttrpc): forward events from shims to containerd.
     """
 
-    async def forward(self, message: "ForwardRequest") -> "_____google__protobuf__.Empty":
+    async def forward(
+        self, message: "ForwardRequest"
+    ) -> "_____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_forward(
-        self, stream: "grpclib.server.Stream[ForwardRequest, _____google__protobuf__.Empty]"
+        self,
+        stream: "grpclib.server.Stream[ForwardRequest, _____google__protobuf__.Empty]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

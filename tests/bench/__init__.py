@@ -1,0 +1,45 @@
+"""Benchmarks: aiocontainerd against Debian's containerd 1.6, side by side on this machine.
+
+Not part of the test suite (pytest skips this folder; nothing here asserts a
+time). Run from the repo root::
+
+    python -m tests.bench [--runs 10] [--json PATH] [--only TEXT] [--keep]
+    tox -e bench -- --runs 10
+
+How a run goes (see /work/shared/BENCHMARKING.md for why):
+
+* every daemon start gets fresh ``root``/``state`` folders and its own socket
+  under one temporary folder (``$TMPDIR/acbench-*``); nothing is deleted while
+  the series runs, the whole folder goes at the end (``--keep`` keeps it,
+  with each daemon's log);
+* one unrecorded warm-up start of each daemon, then ``--runs`` rounds, each
+  round starting aiocontainerd then containerd (A B A B ...), each stopped with
+  SIGTERM once its scenarios are done;
+* both are driven by the same client (:class:`aiocontainerd.Client`, or the
+  real ``ctr`` through :meth:`~tests.bench.daemons.Running.ctr`);
+* the table and ``tests/bench/results/latest.json`` (git-ignored) give per
+  scenario the median (and other stats a scenario asks for) of each daemon and
+  the ratio aiocontainerd/containerd: below 1 means aiocontainerd is better.
+
+Adding a scenario (in :mod:`tests.bench.scenarios`)::
+
+    async def pull_busybox(run: Running) -> float:
+        \"\"\"Seconds for ``ctr images pull`` of busybox from the local registry.\"\"\"
+        t0 = time.perf_counter()
+        await run.ctr("images", "pull", REF)
+        return time.perf_counter() - t0
+
+    SCENARIOS.append(Scenario("pull busybox", "s", pull_busybox, group="images"))
+
+A scenario is an ``async`` function given the :class:`~tests.bench.daemons.Running`
+daemon (address, pid, folders, the time it answered, a client) that returns one
+sample (a float in ``unit``), or raises :class:`~tests.bench.scenarios.Unsupported`
+when that daemon cannot do it yet (shown as ``n/a``). Scenarios with the same
+``group`` share one daemon start per run and run in list order, so put a
+scenario that needs an untouched daemon in a group of its own. ``stats``
+chooses the rows it gets (``median``, ``p90``, ``p99``, ``mean``, ``min``,
+``max``). A scenario that creates containers, mounts or processes must undo
+them before returning: the harness only stops the daemon and its direct
+children, and unmounts leftovers under its folder as a last resort (reported
+as a warning).
+"""

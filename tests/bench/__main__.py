@@ -1,0 +1,69 @@
+"""``python -m tests.bench``: run the benchmarks, print the table, write the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from . import daemons, report, runner
+from .scenarios import SCENARIOS
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    p.add_argument("--runs", type=int, default=10, help="runs per daemon and scenario (default 10)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="unrecorded starts of each daemon first (default 1)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                   help=f"where to write the results (default {DEFAULT_JSON})")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="only scenarios whose name contains TEXT (repeatable)")
+    p.add_argument("--containerd", default=daemons.CONTAINERD,
+                   help=f"containerd binary (default {daemons.CONTAINERD})")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run folders (configs, logs) instead of deleting them")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        p.error("--runs must be at least 1 and --warmup at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print, write; 0 on success, 1 when a daemon failed."""
+    args = parse_args(argv)
+    scenarios = [s for s in SCENARIOS
+                 if not args.only or any(t.lower() in s.name.lower() for t in args.only)]
+    if not scenarios:
+        print(f"no scenario matches {args.only}; have: {[s.name for s in SCENARIOS]}", file=sys.stderr)
+        return 2
+    try:
+        doc = asyncio.run(runner.bench(scenarios, daemons.kinds(args.containerd), args.runs,
+                                       args.warmup, args.keep))
+    except daemons.DaemonError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    table_rows = report.rows(doc["results"])
+    doc["table"] = table_rows
+    report.write_json(args.json, doc)
+    for w in doc["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr)
+    print()
+    print(report.table(table_rows))
+    print(f"\n{doc['runs']} runs, {doc['order']}; ratio = {doc['ratio']}; below 1 is better.")
+    for name, d in doc["daemons"].items():
+        if d.get("skipped"):
+            print(f"{name}: skipped: {d['skipped']}")
+        else:
+            print(f"{name} {d['version']}: plugins {d.get('plugins')}, ctr version {d.get('ctr version')}")
+    print(f"load average before/after: {doc['host']['loadavg_before'][0]:.2f}/"
+          f"{doc['host']['loadavg_after'][0]:.2f} on {doc['host']['cpus']} CPUs; JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from aiocontainerd.metadata import ContainerStore, MetadataDB, NamespaceStore, SchemaError
+from aiocontainerd.metadata.containers import Container, Runtime
+from aiocontainerd.types import TypedValue
+
+SPEC = TypedValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b'{"ociVersion":"1.1.0"}')
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    d = MetadataDB.open(tmp_path / "db", map_size=64 << 20)
+    yield d
+    d.close()
+
+
+def test_namespace_crud(db: MetadataDB) -> None:
+    ns = NamespaceStore(db)
+    ns.create("a", {"x": "1"})
+    with pytest.raises(AlreadyExists):
+        ns.create("a")
+    ns.create("b")
+    assert [n.name for n in ns.list()] == ["a", "b"]
+    assert ns.get("a").labels == {"x": "1"}
+    assert ns.update("a", {"y": "2"}, ["labels.y"]).labels == {"x": "1", "y": "2"}
+    assert ns.update("a", {}, ["labels.x"]).labels == {"y": "2"}
+    assert ns.update("a", {"z": "3"}).labels == {"z": "3"}
+    with pytest.raises(InvalidArgument, match="cannot update 'name'"):
+        ns.update("a", {}, ["name"])
+    ns.delete("a")
+    with pytest.raises(NotFound):
+        ns.get("a")
+    with pytest.raises(NotFound):
+        ns.delete("a")
+    with pytest.raises(InvalidArgument):
+        ns.create("no way")
+
+
+def test_namespace_with_objects_cannot_be_deleted(db: MetadataDB) -> None:
+    ns, cs = NamespaceStore(db), ContainerStore(db)
+    cs.create("busy", Container("c1", Runtime("io.containerd.runc.v2"), SPEC))
+    assert ns.get("busy").labels == {}  # created on first use
+    ns.create("busy2")  # a namespace that sorts after "busy" with the same prefix
+    with pytest.raises(FailedPrecondition, match="must be empty.*containers"):
+        ns.delete("busy")
+    ns.delete("busy2")
+    cs.delete("busy", "c1")
+    ns.delete("busy")
+
+
+def test_container_crud_and_rules(db: MetadataDB) -> None:
+    cs = ContainerStore(db)
+    c = cs.create("default", Container("web", Runtime("io.containerd.runc.v2"), SPEC,
+                                       labels={"tier": "fe"}, image="docker.io/library/nginx:latest",
+                                       snapshotter="overlayfs", snapshot_key="web"))
+    assert c.created_at == c.updated_at > 0
+    with pytest.raises(AlreadyExists):
+        cs.create("default", Container("web", Runtime("r"), SPEC))
+    with pytest.raises(InvalidArgument, match="Runtime.Name"):
+        cs.create("default", Container("x", Runtime(""), SPEC))
+    with pytest.raises(InvalidArgument, match="Spec"):
+        cs.create("default", Container("x", Runtime("r"), None))
+    with pytest.raises(InvalidArgument, match="Snapshotter must be set"):
+        cs.create("default", Container("x", Runtime("r"), SPEC, snapshot_key="k"))
+    got = cs.get("default", "web")
+    assert got == c
+    with pytest.raises(NotFound):
+        cs.get("other", "web")
+    upd = cs.update("default", Container("web", Runtime(""), None, labels={"v": "2"}), ["labels.v"])
+    assert upd.labels == {"tier": "fe", "v": "2"} and upd.spec == SPEC
+    assert upd.updated_at >= c.updated_at and upd.created_at == c.created_at
+    with pytest.raises(InvalidArgument, match="immutable"):
+        cs.update("default", Container("web", Runtime("other"), SPEC))
+    with pytest.raises(InvalidArgument, match="cannot update 'runtime'"):
+        cs.update("default", Container("web", Runtime("other"), SPEC), ["runtime"])
+    assert [x.id for x in cs.list("default", ["labels.tier==fe"])] == ["web"]
+    assert cs.list("default", ["image~=redis"]) == []
+    assert [x.id for x in cs.list("default", ["runtime.name==io.containerd.runc.v2"])] == ["web"]
+
+
+def test_schema_version_is_checked(tmp_path: Path) -> None:
+    MetadataDB.open(tmp_path / "db", map_size=64 << 20).close()
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", b"99", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(SchemaError, match="schema version 99"):
+        MetadataDB.open(tmp_path / "db", map_size=64 << 20)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from aiocontainerd.metadata import ContainerStore, MetadataDB
+    from aiocontainerd.metadata.containers import Container, Runtime
+    from aiocontainerd.types import TypedValue
+    db = MetadataDB.open(sys.argv[1], map_size=256 << 20)
+    cs = ContainerStore(db)
+    spec = TypedValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"x" * 20000)
+    print("ready", flush=True)
+    i = int(sys.argv[2])
+    while True:
+        cs.create("ns%d" % (i % 3), Container("c%d" % i, Runtime("io.containerd.runc.v2"), spec,
+                  labels={"n": str(i)}, extensions={"e": spec}))
+        i += 1
+""")
+
+
+def test_kill_during_writes_leaves_only_whole_objects(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    for round_ in range(3):
+        start = round_ * 1_000_000
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(start)],
+                                stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.3 + 0.1 * round_)
+        assert proc.poll() is None, "the writer stopped before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        db = MetadataDB.open(path, map_size=256 << 20)
+        try:
+            cs = ContainerStore(db)
+            items = [c for ns in ("ns0", "ns1", "ns2") for c in cs.list(ns)]
+            assert any(int(c.id[1:]) >= start for c in items), "this round wrote nothing"
+            for c in items:
+                assert c.labels == {"n": c.id[1:]}
+                assert c.spec is not None and len(c.spec.value) == 20000
+                assert c.extensions["e"].value == c.spec.value
+            assert {n.name for n in NamespaceStore(db).list()} <= {"ns0", "ns1", "ns2"}
+        finally:
+            db.close()
