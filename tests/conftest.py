@@ -104,7 +104,7 @@ async def wait_serving(address: str, timeout: float, proc: subprocess.Popen[byte
                 async with Client(address, timeout=2) as c:
                     await c.version()
                 return
-            except (ConnectionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError, OSError):
                 pass
         if loop.time() > deadline:
             raise TimeoutError(f"{address} did not answer within {timeout}s")

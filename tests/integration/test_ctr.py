@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 
@@ -102,6 +103,8 @@ def test_non_empty_namespace_cannot_be_removed(daemon_process: DaemonProcess) ->
     assert r.returncode != 0
     assert "must be empty" in r.stderr
     assert table(daemon_process.ctr("containers", "ls", namespace="busy").stdout)[0][0] == "c1"
+    info = json.loads(daemon_process.ctr("containers", "info", "c1", namespace="busy").stdout)
+    assert info["ID"] == "c1" and info["Runtime"]["Name"] == "io.containerd.runc.v2"
     daemon_process.ctr("containers", "rm", "c1", namespace="busy")
     assert daemon_process.ctr("namespaces", "rm", "busy").stdout.strip() == "busy"
 

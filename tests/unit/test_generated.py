@@ -25,7 +25,7 @@ def test_committed_code_matches_a_fresh_generation() -> None:
             pytest.skip(f"{tool} not installed (the tox 'py' env installs it)")
     if shutil.which("ruff") is None:
         pytest.skip("ruff not on PATH (the compiler formats with it)")
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"],
+    r = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

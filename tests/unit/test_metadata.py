@@ -53,7 +53,7 @@ def test_namespace_with_objects_cannot_be_deleted(db: MetadataDB) -> None:
     cs.create("busy", Container("c1", Runtime("io.containerd.runc.v2"), SPEC))
     assert ns.get("busy").labels == {}  # created on first use
     ns.create("busy2")  # a namespace that sorts after "busy" with the same prefix
-    with pytest.raises(FailedPrecondition, match="must be empty.*containers"):
+    with pytest.raises(FailedPrecondition, match=r"must be empty.*containers"):
         ns.delete("busy")
     ns.delete("busy2")
     cs.delete("busy", "c1")
@@ -68,7 +68,7 @@ def test_container_crud_and_rules(db: MetadataDB) -> None:
     assert c.created_at == c.updated_at > 0
     with pytest.raises(AlreadyExists):
         cs.create("default", Container("web", Runtime("r"), SPEC))
-    with pytest.raises(InvalidArgument, match="Runtime.Name"):
+    with pytest.raises(InvalidArgument, match=r"Runtime\.Name"):
         cs.create("default", Container("x", Runtime(""), SPEC))
     with pytest.raises(InvalidArgument, match="Spec"):
         cs.create("default", Container("x", Runtime("r"), None))

@@ -10,7 +10,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from aiocontainerd import Client, Daemon
+from aiocontainerd import Client, Daemon, builtins
 from aiocontainerd.api.containerd.services.containers import v1 as containers_api
 from aiocontainerd.api.containerd.services.images import v1 as images_api
 from aiocontainerd.api.google import protobuf as pb
@@ -18,7 +18,6 @@ from aiocontainerd.api.grpc.health import v1 as health_api
 from aiocontainerd.config import MetricsConfig
 from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from aiocontainerd.plugin import GRPC, Registration, SkipPlugin
-from aiocontainerd import builtins
 from tests.conftest import make_config
 
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"

@@ -1,1 +1,1 @@
-"""Generated from proto/ by tools/gen_proto.py (betterproto2); never edit by hand."""
+"""Generated from proto/ by proto/generate.py (betterproto2); never edit by hand."""

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python tools/gen_proto.py            # regenerate in place
-    python tools/gen_proto.py --check    # exit 1 when the committed code differs
+    python proto/generate.py            # regenerate in place
+    python proto/generate.py --check    # exit 1 when the committed code differs
 
 Needs ``grpcio-tools`` (protoc) and ``betterproto2-compiler`` at build time only.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 API = ROOT / "src" / "aiocontainerd" / "api"
 OPTIONS = "client_generation=async,server_generation=async"
-HEADER = '"""Generated from proto/ by tools/gen_proto.py (betterproto2); never edit by hand."""\n'
+HEADER = '"""Generated from proto/ by proto/generate.py (betterproto2); never edit by hand."""\n'
 
 
 def generate(out: Path) -> None:
@@ -34,7 +34,7 @@ def generate(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plugin = Path(tmp) / "protoc-gen-aiocontainerd"
         plugin.write_text(
-            f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tools' / 'protoc_plugin.py'}\n"
+            f"#!/bin/sh\nexec {sys.executable} {PROTO / 'protoc_plugin.py'}\n"
         )
         plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
         cmd = [
