@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import daemons, report, runner
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS, Scenario
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
@@ -33,6 +35,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def _bench(args: argparse.Namespace, scenarios: list[Scenario]) -> dict[str, Any]:
+    # SIGTERM like Ctrl-C (which asyncio.run turns into a cancel): the runner stops the daemons
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await runner.bench(scenarios, daemons.kinds(args.containerd), args.runs,
+                              args.warmup, args.keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, print, write; 0 on success, 1 when a daemon failed."""
     args = parse_args(argv)
@@ -42,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no scenario matches {args.only}; have: {[s.name for s in SCENARIOS]}", file=sys.stderr)
         return 2
     try:
-        doc = asyncio.run(runner.bench(scenarios, daemons.kinds(args.containerd), args.runs,
-                                       args.warmup, args.keep))
+        doc = asyncio.run(_bench(args, scenarios))
     except daemons.DaemonError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; daemons stopped, run folders removed", file=sys.stderr)
+        return 130
     table_rows = report.rows(doc["results"])
     doc["table"] = table_rows
     report.write_json(args.json, doc)

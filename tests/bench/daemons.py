@@ -220,20 +220,24 @@ async def start(kind: Kind, folder: Path, index: int) -> Running:
     proc, spawned_at = _spawn(argv, folder)
     run = Running(kind.name, index, folder, address, argv, proc, spawned_at)
     deadline = spawned_at + START_TIMEOUT
-    while True:
-        v = await _try_version(address)
-        if v is not None:
-            run.answered_at = time.perf_counter()
-            run.version, run.revision = v
-            return run
-        if proc.poll() is not None:
-            raise DaemonError(f"{kind.name} exited with status {proc.returncode} before answering "
-                              f"Version; log {run.log}:\n{run.log_tail()}")
-        if time.perf_counter() > deadline:
-            await stop(run)
-            raise DaemonError(f"{kind.name} did not answer Version on {address} within "
-                              f"{START_TIMEOUT:.0f} s; log {run.log}:\n{run.log_tail()}")
-        await asyncio.sleep(POLL_INTERVAL)
+    try:
+        while True:
+            v = await _try_version(address)
+            if v is not None:
+                run.answered_at = time.perf_counter()
+                run.version, run.revision = v
+                return run
+            if proc.poll() is not None:
+                raise DaemonError(f"{kind.name} exited with status {proc.returncode} before answering "
+                                  f"Version; log {run.log} (--keep keeps it):\n{run.log_tail()}")
+            if time.perf_counter() > deadline:
+                raise DaemonError(f"{kind.name} did not answer Version on {address} within "
+                                  f"{START_TIMEOUT:.0f} s; log {run.log} (--keep keeps it):\n"
+                                  f"{run.log_tail()}")
+            await asyncio.sleep(POLL_INTERVAL)
+    except BaseException:  # failed, or cancelled while waiting: leave nothing running
+        await asyncio.shield(stop(run))
+        raise
 
 
 def children(pid: int) -> list[int]:

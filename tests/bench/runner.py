@@ -90,8 +90,8 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
             if kind.name not in info:
                 info[kind.name] = await _describe(run)
         finally:
-            live.remove(run)
             warnings.extend(await daemons.stop(run))
+            live.remove(run)
         return f"{kind.name} " + " ".join(parts)
 
     try:
@@ -103,7 +103,7 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
                 line = [await once(k, f"{name}-{i:02d}-{k.name}", i, group) for k in active]
                 _say(f"[{name}] run {i + 1}/{runs}: " + " | ".join(line))
     finally:
-        for run in live:
+        for run in list(live):  # interrupted, or a daemon failed
             with contextlib.suppress(Exception):
                 warnings.extend(await daemons.stop(run))
         warnings.extend(daemons.cleanup(session, keep))
