@@ -162,3 +162,26 @@ async def test_two_daemons_in_one_loop_keep_their_own_state(tmp_short: Path) -> 
             await ca.namespaces.create("only-in-a")
             assert [n.name for n in await cb.namespaces.list()] == []
             assert (await ca.server()).uuid != (await cb.server()).uuid
+
+
+async def test_plugin_info(client: Client) -> None:
+    from aiocontainerd.api.containerd.services.introspection import v1 as api
+
+    stub = api.IntrospectionStub(client._channel)
+    r = await stub.plugin_info(api.PluginInfoRequest(type="io.containerd.metadata.v1", id="lmdb"))
+    assert (r.plugin.type, r.plugin.id, r.plugin.init_err) == ("io.containerd.metadata.v1", "lmdb", None)
+    with pytest.raises(GRPCError) as e:
+        await stub.plugin_info(api.PluginInfoRequest(type="io.containerd.nothing.v1", id="x"))
+    assert e.value.status == Status.NOT_FOUND
+    with pytest.raises(GRPCError) as e:
+        await stub.plugin_info(api.PluginInfoRequest(type="io.containerd.grpc.v1"))
+    assert e.value.status == Status.INVALID_ARGUMENT
+
+
+async def test_socket_and_state_permissions(daemon: Daemon) -> None:
+    import stat
+
+    sock = os.stat(daemon.address)
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(daemon.config.state).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(daemon.config.root).st_mode) == 0o700
