@@ -13,12 +13,15 @@ The names follow go-grpc-prometheus, which containerd exports.
 from __future__ import annotations
 
 import platform
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .version import REVISION, version
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 PATH = "/v1/metrics"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -58,7 +61,11 @@ class Metrics:
 
 
 class MetricsServer:
-    """aiohttp server for ``GET /v1/metrics`` on ``host:port``."""
+    """aiohttp server for ``GET /v1/metrics`` on ``host:port``.
+
+    aiohttp is imported on :meth:`start`, not with this module: it costs about
+    100 ms of daemon start-up, and the endpoint is off by default.
+    """
 
     def __init__(self, metrics: Metrics, address: str) -> None:
         host, sep, port = address.rpartition(":")
@@ -70,10 +77,14 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         body = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get(PATH, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
