@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from .metadata.plugin import CONTENT_PLUGIN as CONTENT_LOCAL
 from .metadata.plugin import PLUGIN as METADATA_LMDB
+from .metadata.scheduler import PLUGIN as GC_SCHEDULER
 from .plugin import Registration
 from .services.containers import PLUGIN as CONTAINERS
+from .services.content import PLUGIN as CONTENT
 from .services.health import PLUGIN as HEALTH
+from .services.images import PLUGIN as IMAGES
 from .services.introspection import PLUGIN as INTROSPECTION
+from .services.leases import PLUGIN as LEASES
 from .services.namespaces import PLUGIN as NAMESPACES
 from .services.version import PLUGIN as VERSION
 
 
 def registrations() -> list[Registration]:
     """Every built-in plugin registration."""
-    return [METADATA_LMDB, VERSION, NAMESPACES, CONTAINERS, INTROSPECTION, HEALTH]
+    return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, VERSION, NAMESPACES, CONTAINERS, CONTENT,
+            IMAGES, LEASES, INTROSPECTION, HEALTH]
 
 
 def config_types() -> dict[str, type | None]:

@@ -6,10 +6,12 @@ Layout (LMDB named databases; keys are UTF-8, values compact JSON objects)::
     namespaces    <namespace>                 -> {"labels": {...}}
     containers    <namespace> NUL <id>        -> container record
     images        <namespace> NUL <name>      -> image record              (next issues)
-    content       <namespace> NUL <digest>    -> blob reference + labels
-    snapshots     <namespace> NUL <snapshotter> NUL <key>
-    leases        <namespace> NUL <id>
-    sandboxes     <namespace> NUL <id>
+    content       <namespace> NUL <digest>    -> {"size", "labels", "created_at", "updated_at"}
+    ingests       <namespace> NUL <ref>       -> {"expected", "expires_at"} (writes in progress)
+    snapshots     <namespace> NUL <snapshotter> NUL <key>              (next issues)
+    leases        <namespace> NUL <id>        -> {"labels", "created_at"}
+    lease_resources <namespace> NUL <lease> NUL <type> NUL <id> -> {}
+    sandboxes     <namespace> NUL <id>                                 (next issues)
 
 Objects of a namespace sort together under the ``<namespace> NUL`` prefix, so
 "is this namespace empty" and "list in namespace" are prefix range scans.
@@ -43,8 +45,10 @@ SEP = "\0"
 
 #: Named databases whose keys start with ``<namespace> NUL``; a namespace is
 #: empty when none of them holds a key under its prefix.
-NAMESPACED = ("containers", "images", "content", "snapshots", "leases", "sandboxes")
-DATABASES = ("meta", "namespaces", *NAMESPACED)
+NAMESPACED = ("containers", "images", "content", "ingests", "snapshots", "leases", "sandboxes")
+#: Databases keyed by namespace that do not keep a namespace from being deleted.
+DEPENDENT = ("lease_resources",)
+DATABASES = ("meta", "namespaces", *NAMESPACED, *DEPENDENT)
 
 
 class SchemaError(RuntimeError):

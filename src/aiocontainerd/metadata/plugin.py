@@ -6,12 +6,21 @@ on its root keeps a second daemon off the same database.)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from typing import TYPE_CHECKING
 
-from ..plugin import METADATA, InitContext, Registration
+from ..content import LocalStore
+from ..plugin import CONTENT, METADATA, InitContext, Registration
 from .containers import ContainerStore
+from .content import ContentStore
 from .db import DEFAULT_MAP_SIZE, MetadataDB
+from .images import ImageStore
+from .leases import LeaseStore
 from .namespaces import NamespaceStore
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 
 @dataclasses.dataclass
@@ -23,12 +32,30 @@ class LMDBConfig:
 
 
 class Metadata:
-    """The open store: the database and its per-object stores."""
+    """The open store: the database and its per-object stores.
 
-    def __init__(self, db: MetadataDB) -> None:
+    ``scheduler`` is set by the GC scheduler plugin when it loads; deletions
+    are reported to it.
+    """
+
+    def __init__(self, db: MetadataDB, local: LocalStore) -> None:
         self.db = db
+        self.scheduler: Scheduler | None = None
         self.namespaces = NamespaceStore(db)
         self.containers = ContainerStore(db)
+        self.content = ContentStore(db, local, on_delete=self.deleted)
+        self.images = ImageStore(db, on_delete=self.deleted)
+        self.leases = LeaseStore(db)
+
+    def deleted(self) -> None:
+        """An object was deleted: let the GC scheduler count it."""
+        if self.scheduler is not None:
+            self.scheduler.deleted()
+
+    async def collect(self) -> None:
+        """Collect garbage now (``sync`` deletes); a no-op without a GC scheduler."""
+        if self.scheduler is not None:
+            await self.scheduler.collect()
 
     async def close(self) -> None:
         self.db.close()
@@ -36,7 +63,15 @@ class Metadata:
 
 async def _init(ctx: InitContext) -> Metadata:
     config: LMDBConfig = ctx.config
-    return Metadata(MetadataDB.open(ctx.root, map_size=config.map_size))
+    local = ctx.get(CONTENT)
+    return Metadata(MetadataDB.open(ctx.root, map_size=config.map_size), local)
 
 
-PLUGIN = Registration(METADATA, "lmdb", _init, config=LMDBConfig)
+PLUGIN = Registration(METADATA, "lmdb", _init, requires=(CONTENT,), config=LMDBConfig)
+
+
+async def _init_content(ctx: InitContext) -> LocalStore:
+    return await asyncio.to_thread(LocalStore, ctx.root)
+
+
+CONTENT_PLUGIN = Registration(CONTENT, "content", _init_content)

@@ -36,3 +36,21 @@ def status(code: int, message: str) -> rpc.Status:
 def mask_paths(mask: pb.FieldMask | None) -> list[str]:
     """The paths of a FieldMask, [] when unset."""
     return list(mask.paths) if mask is not None else []
+
+
+def descriptor(d):  # -> containerd.types.Descriptor
+    """A core Descriptor as the wire's ``containerd.types.Descriptor``."""
+    from ..api.containerd import types as ctypes
+
+    return ctypes.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
+                             annotations=dict(d.annotations))
+
+
+def from_descriptor(d):  # -> aiocontainerd.types.Descriptor
+    """The wire's Descriptor as a core Descriptor; InvalidArgument when unset."""
+    from ..errors import InvalidArgument
+    from ..types import Descriptor
+
+    if d is None:
+        raise InvalidArgument("descriptor must be set")
+    return Descriptor(d.media_type, d.digest, d.size, dict(d.annotations))
