@@ -256,7 +256,7 @@ def parse_all(specifiers: Iterable[str]) -> list[Platform]:
     return [parse(s) for s in specifiers]
 
 
-def format(p: Platform) -> str:  # noqa: A001 - the containerd name
+def format(p: Platform) -> str:
     """``os/arch[/variant]`` (``unknown`` without an OS)."""
     if not p.os:
         return "unknown"
