@@ -1,7 +1,7 @@
 """Package discovery: the core lives in src/, the plugins in top-level folders.
 
 `cri/`, `snapshotters/` and `runtimes/` are subpackages of `aiocontainerd`
-(see ../shared/DESIGN.md); pyproject's `package-dir` maps their folders and
+(``aiocontainerd.cri``, ...); pyproject's `package-dir` maps their folders and
 this file lists their packages, which pyproject alone cannot discover.
 """
 

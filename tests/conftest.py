@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from aiocontainerd import Client, Config, Daemon
 from aiocontainerd.config import GRPCConfig
+from tests.support.fixtures import registry, registry_front  # noqa: F401
 
 
 def short_tmp() -> Path:
@@ -77,6 +79,14 @@ class DaemonProcess:
         code = self.proc.wait(timeout)
         self.proc = None
         return code
+
+    def wait_log(self, text: str, timeout: float = 10) -> None:
+        """Wait until the daemon's log contains ``text``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not logged within {timeout}s:\n{self.log.read_text()}")
+            time.sleep(0.02)
 
     def ctr(self, *args: str, namespace: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:

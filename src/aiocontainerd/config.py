@@ -14,8 +14,10 @@ Shape (every key optional; ``aiocontainerd config default`` prints them all)::
     [metrics] address
     [plugins."io.containerd.<type>.<id>"]    # each plugin's own section
 
-Imported files are merged over the importing one in order (tables merged key
-by key, other values replaced), as containerd's ``imports`` do. Every key is
+Imported files are merged over the importing one in order, as containerd's
+``imports`` are: tables merged key by key, arrays appended (without repeats),
+other values replaced; imports of imports are followed, and a file already
+loaded (the main one matched by its own glob, say) is skipped. Every key is
 checked against the dataclasses below and the plugins' declared config types:
 an unknown key, a wrong type or an unknown plugin raises :class:`ConfigError`
 naming the key and the file.
@@ -45,6 +47,15 @@ class ConfigError(ValueError):
     """A configuration file that cannot be read, parsed or validated."""
 
 
+MAX_ID = (1 << 32) - 2
+
+
+def _check_ids(section: str, uid: int, gid: int) -> None:
+    for name, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= MAX_ID:
+            raise ValueError(f"key '{section}.{name}': {value} is not a valid id (0 to {MAX_ID})")
+
+
 @dataclasses.dataclass
 class GRPCConfig:
     """``[grpc]``: the unix socket serving the containerd API and CRI."""
@@ -52,6 +63,11 @@ class GRPCConfig:
     address: str = DEFAULT_ADDRESS
     uid: int = 0
     gid: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise ValueError("key 'grpc.address': must not be empty")
+        _check_ids("grpc", self.uid, self.gid)
 
 
 @dataclasses.dataclass
@@ -62,6 +78,12 @@ class TTRPCConfig:
     uid: int = 0
     gid: int = 0
 
+    def __post_init__(self) -> None:
+        _check_ids("ttrpc", self.uid, self.gid)
+
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
+
 
 @dataclasses.dataclass
 class DebugConfig:
@@ -70,12 +92,26 @@ class DebugConfig:
     level: str = "info"
     format: str = "text"
 
+    def __post_init__(self) -> None:
+        if self.level not in LOG_LEVELS:
+            raise ValueError(f"key 'debug.level': unknown level {self.level!r} "
+                             f"(one of {', '.join(LOG_LEVELS)})")
+        if self.format not in ("text", "json"):
+            raise ValueError(f"key 'debug.format': must be 'text' or 'json', not {self.format!r}")
+
 
 @dataclasses.dataclass
 class MetricsConfig:
     """``[metrics]``: ``host:port`` serving Prometheus ``/v1/metrics``; empty disables it."""
 
     address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.address:
+            _, sep, port = self.address.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"key 'metrics.address': {self.address!r} is not host:port "
+                                 "with a port from 0 to 65535")
 
 
 @dataclasses.dataclass
@@ -159,7 +195,10 @@ def build(cls: type, data: Mapping[str, Any], where: str = "<config>", prefix: s
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {dotted!r}")
         kwargs[key] = _check(value, hints[key], dotted, where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass's own check (__post_init__) names its key
+        raise ConfigError(f"{where}: {'in ' + prefix + ': ' if prefix else ''}{e}") from None
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +206,8 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
+        elif isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + [v for v in value if v not in out[key]]
         else:
             out[key] = value
     return out
@@ -187,6 +228,9 @@ def _read(path: Path) -> dict[str, Any]:
 def _validate_file(data: dict[str, Any], where: str, plugin_types: Mapping[str, type | None]) -> None:
     """Validate one file's tables (plugins against their declared config types)."""
     version = data.get("version", VERSION)
+    if isinstance(version, str) and version.isdigit():
+        raise ConfigError(f"{where}: key 'version': must be the number {version}, not the string "
+                          f"{version!r}")
     if version != VERSION:
         raise ConfigError(f"{where}: key 'version': unsupported config version {version!r} "
                           f"(this daemon reads version {VERSION})")
@@ -210,34 +254,42 @@ def load(path: str | os.PathLike[str] | None,
     Raises :class:`ConfigError`.
     """
     plugin_types = plugin_types or {}
-    if path is None:
-        merged: dict[str, Any] = {}
-    else:
+    merged: dict[str, Any] = {}
+    if path is not None:
         path = Path(path)
-        merged = _read(path)
-        _validate_file(merged, str(path), plugin_types)
-        imports = list(merged.get("imports", []))
-        for pattern in imports:
-            full = pattern if os.path.isabs(pattern) else str(path.parent / pattern)
-            matches = sorted(glob.glob(full))
-            if not matches and not glob.has_magic(full):
-                raise ConfigError(f"{path}: key 'imports': {full} not found")
-            for match in matches:
-                data = _read(Path(match))
-                _validate_file(data, match, plugin_types)
-                if data.get("imports"):
-                    raise ConfigError(f"{match}: key 'imports': nested imports are not supported")
-                merged = _merge(merged, data)
+        loaded: set[Path] = set()
+
+        def visit(file: Path) -> None:
+            nonlocal merged
+            real = file.resolve()
+            if real in loaded:
+                return
+            loaded.add(real)
+            data = _read(file)
+            _validate_file(data, str(file), plugin_types)
+            merged = _merge(merged, {k: v for k, v in data.items() if k != "imports"})
+            for pattern in data.get("imports", []):
+                full = pattern if os.path.isabs(pattern) else str(file.parent / pattern)
+                matches = sorted(glob.glob(full))
+                if not matches and not glob.has_magic(full):
+                    raise ConfigError(f"{file}: key 'imports': {full} not found")
+                for match in matches:
+                    visit(Path(match))
+
+        visit(path)
     plugins = merged.pop("plugins", {})
     config = build(Config, merged, str(path or "<defaults>"))
     for plugin_id, section in plugins.items():
         config.plugins[plugin_id] = _check(section, plugin_types[plugin_id],
                                            f"plugins.{plugin_id!r}", str(path))
-    if config.debug.level not in ("trace", "debug", "info", "warn", "warning", "error",
-                                  "fatal", "panic"):
-        raise ConfigError(f"{path}: key 'debug.level': unknown level {config.debug.level!r}")
-    if config.debug.format not in ("text", "json"):
-        raise ConfigError(f"{path}: key 'debug.format': must be 'text' or 'json'")
+    known = set(plugin_types)
+    if known:
+        both = set(config.required_plugins) & set(config.disabled_plugins)
+        if both:
+            raise ConfigError(f"{path}: key 'required_plugins': {sorted(both)} are also disabled")
+        unknown = set(config.required_plugins) - known
+        if unknown:
+            raise ConfigError(f"{path}: key 'required_plugins': no such plugins {sorted(unknown)}")
     return config
 
 

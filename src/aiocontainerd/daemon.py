@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -57,7 +58,18 @@ def _socket_in_use(path: str) -> bool:
     return True
 
 
-def _prepare_socket(path: str, state: Path) -> None:
+MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+
+
+def _bind_socket(path: str, state: Path, uid: int, gid: int) -> socket.socket:
+    """Bind the unix socket at ``path`` (0660, ``uid:gid``), replacing a stale one.
+
+    Binding is the test of ownership: two daemons racing for one path cannot both
+    succeed, since bind fails with EADDRINUSE once the file exists.
+    """
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise StartError(f"cannot listen on {path}: the path is {len(path.encode())} bytes, "
+                         f"unix sockets allow at most {MAX_SOCKET_PATH}")
     folder = Path(path).parent
     if not folder.is_dir():
         if folder == state:
@@ -67,25 +79,47 @@ def _prepare_socket(path: str, state: Path) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise StartError(f"cannot listen on {path}: a file that is not a socket is there")
-    if _socket_in_use(path):
-        raise StartError(f"cannot listen on {path}: another daemon is serving it")
-    os.unlink(path)
-
-
-def _prepare_folders(root: Path, state: Path, address: str) -> int:
-    """Create root and state, lock root, check the socket path; returns the lock's fd."""
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise StartError(f"cannot listen on {path}: a file that is not a socket is there")
+        if _socket_in_use(path):
+            raise StartError(f"cannot listen on {path}: another daemon is serving it")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        state.mkdir(parents=True, exist_ok=True, mode=0o711)
+        sock.bind(path)
     except OSError as e:
-        raise StartError(f"cannot create {e.filename}: {e.strerror}") from None
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StartError(f"cannot listen on {path}: another daemon is serving it") from None
+        raise StartError(f"cannot listen on {path}: {e.strerror or e}") from None
+    try:
+        os.chmod(path, 0o660)
+        os.chown(path, uid, gid)
+    except OSError as e:
+        sock.close()
+        os.unlink(path)
+        raise StartError(f"cannot set owner {uid}:{gid} on {path}: {e.strerror}") from None
+    return sock
+
+
+def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket]:
+    """Create root and state, lock root, bind the socket; returns the lock's fd and the socket."""
+    for folder, mode in ((root, 0o700), (state, 0o711)):
+        if not str(folder):
+            raise StartError("root and state must not be empty")
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=mode)
+        except FileExistsError:
+            raise StartError(f"cannot use {folder}: it exists and is not a folder") from None
+        except OSError as e:
+            raise StartError(f"cannot create {e.filename}: {e.strerror}") from None
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _prepare_socket(address, state)
+        return fd, _bind_socket(cfg.grpc.address, state, cfg.grpc.uid, cfg.grpc.gid)
     except BlockingIOError:
         os.close(fd)
         raise StartError(f"root {root} is in use by another daemon "
@@ -93,7 +127,6 @@ def _prepare_folders(root: Path, state: Path, address: str) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
 
 
 class Daemon:
@@ -109,6 +142,7 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
+        self._socket_ino: int | None = None
 
     @property
     def address(self) -> str:
@@ -126,7 +160,18 @@ class Daemon:
         """Start serving. Raises StartError, PluginError; nothing is left running on failure."""
         cfg = self.config
         root, state = Path(cfg.root), Path(cfg.state)
-        self._lock_fd = await asyncio.to_thread(_prepare_folders, root, state, cfg.grpc.address)
+        # shielded: a cancelled start must still get the lock and socket back to release them
+        prepare = asyncio.ensure_future(asyncio.to_thread(_prepare, root, state, cfg))
+        try:
+            self._lock_fd, sock = await asyncio.shield(prepare)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                fd, sock = await prepare
+                sock.close()
+                os.unlink(cfg.grpc.address)
+                os.close(fd)
+            raise
+        self._socket_ino = os.stat(cfg.grpc.address).st_ino
         try:
             await self.plugins.init_all(
                 self.registrations,
@@ -140,12 +185,8 @@ class Daemon:
             handlers = [p.instance for p in self.plugins.of_type(GRPC)
                         if p.ok and hasattr(p.instance, "__mapping__")]
             self._server = Server(handlers, self.metrics)
-            try:
-                await self._server.start(path=cfg.grpc.address)
-            except OSError as e:
-                raise StartError(f"cannot listen on {cfg.grpc.address}: {e.strerror}") from None
-            os.chmod(cfg.grpc.address, 0o660)
-            os.chown(cfg.grpc.address, cfg.grpc.uid, cfg.grpc.gid)
+            await self._server.start(sock=sock)
+            sock = None
             if cfg.metrics.address:
                 self._metrics_server = MetricsServer(self.metrics, cfg.metrics.address)
                 try:
@@ -154,6 +195,8 @@ class Daemon:
                     raise StartError(f"cannot serve metrics on {cfg.metrics.address}: "
                                      f"{e.strerror}") from None
         except BaseException:
+            if sock is not None:
+                sock.close()
             await self._teardown()
             raise
         log.info("aiocontainerd successfully booted",
@@ -168,6 +211,15 @@ class Daemon:
         """Wait until :meth:`stop` has completed."""
         await self._stopped.wait()
 
+    def _remove_socket(self) -> None:
+        """Remove the socket file if it is still the one this daemon bound."""
+        if self._socket_ino is None:
+            return
+        path, self._socket_ino, ino = self.config.grpc.address, None, self._socket_ino
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+
     async def _teardown(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
@@ -177,8 +229,7 @@ class Daemon:
                     await asyncio.wait_for(server.wait_closed(), 5)
                 except TimeoutError:
                     log.warning("requests still running at shutdown were cancelled")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.grpc.address)
+        self._remove_socket()
         if self._metrics_server is not None:
             await self._metrics_server.close()
             self._metrics_server = None

@@ -7,11 +7,14 @@ Grammar (containerd ``pkg/filters``)::
     selector  := fieldpath [operator value]        no operator: the field is present
     fieldpath := field ("." field)*
     field     := quoted | [A-Za-z][A-Za-z0-9_]*
-    operator  := "==" | "!=" | "~="                "~=" is a regular expression search
+    operator  := "==" | "!=" | "~="                "~=" is an RE2 regular expression search
     value     := quoted | [^\\s,]+
     quoted    := "…" (Go/JSON escapes) | `…` (raw) | '…'
 
 Example: ``labels."io.kubernetes.pod.name"==web,runtime.name~=runc``.
+
+Regular expressions are RE2 (``google-re2``), as Go's are: matching time is
+linear in the input, so no filter can stall the event loop.
 
 An *adaptor* maps a field path to the object's value, or ``None`` when the
 object has no such field: ``lambda path: {"id": c.id}.get(path[0])``.
@@ -23,12 +26,17 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import re2
 
 from .errors import InvalidArgument
 
 Adaptor = Callable[[Sequence[str]], "str | None"]
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _VALUE = re.compile(r"[^\s,]+")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Selector:
     fieldpath: tuple[str, ...]
     operator: str = ""
     value: str = ""
-    regex: re.Pattern[str] | None = None
+    regex: Any = None  # a compiled RE2 pattern
 
     def match(self, adaptor: Adaptor) -> bool:
         found = adaptor(self.fieldpath)
@@ -70,7 +78,7 @@ class _Parser:
         self.pos = 0
 
     def fail(self, what: str) -> InvalidArgument:
-        return InvalidArgument(f"filter {self.text!r}: {what} at position {self.pos}")
+        return InvalidArgument(f"filter {self.text!r}: {what} (at position {self.pos})")
 
     def skip_space(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -128,9 +136,10 @@ class _Parser:
         regex = None
         if op == "~=":
             try:
-                regex = re.compile(value)
-            except re.error as e:
-                raise self.fail(f"invalid regular expression: {e}") from None
+                regex = re2.compile(value, _RE2_OPTIONS)
+            except re2.error as e:
+                detail = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+                raise self.fail(f"invalid regular expression: {detail}") from None
         return Selector(tuple(path), op, value, regex)
 
     def parse(self) -> tuple[Selector, ...]:

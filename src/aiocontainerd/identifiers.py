@@ -23,8 +23,8 @@ def validate(identifier: str) -> str:
         raise InvalidArgument("identifier must not be empty")
     if len(identifier) > MAX_IDENTIFIER_LENGTH:
         raise InvalidArgument(
-            f"identifier {identifier!r} greater than maximum length ({MAX_IDENTIFIER_LENGTH})"
-        )
+            f"identifier {identifier[:10] + '...'!r} greater than maximum length "
+            f"({MAX_IDENTIFIER_LENGTH} characters)")
     if not _IDENTIFIER.match(identifier):
         raise InvalidArgument(
             f"identifier {identifier!r} must match {_IDENTIFIER.pattern}"
@@ -38,5 +38,6 @@ def validate_labels(labels: Mapping[str, str]) -> None:
         if not key:
             raise InvalidArgument("label key must not be empty")
         if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
-            raise InvalidArgument(f"label key and value length (key {key!r}) "
+            shown = key if len(key) <= 10 else key[:10] + "..."
+            raise InvalidArgument(f"label key and value length (key {shown!r}) "
                                   f"greater than maximum size ({MAX_LABEL_SIZE} bytes)")

@@ -3,8 +3,10 @@
 Each :class:`Metrics` owns its own ``CollectorRegistry`` (two daemons in one
 process never mix their figures). Exported:
 
-- ``grpc_server_handled_total{grpc_service,grpc_method,grpc_code}``: calls completed;
-- ``grpc_server_handling_seconds{grpc_service,grpc_method}``: latency histogram, seconds;
+- ``grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}``: calls
+  completed (``grpc_type``: unary, server_stream, client_stream, bidi_stream; ``grpc_code``
+  as Go names codes: OK, NotFound, AlreadyExists, ...);
+- ``grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}``: latency, seconds;
 - ``aiocontainerd_build_info{version,revision,python}``: always 1.
 
 The names follow go-grpc-prometheus, which containerd exports.
@@ -41,19 +43,19 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.handled = Counter(
             "grpc_server_handled_total", "Total number of RPCs completed on the server.",
-            ("grpc_service", "grpc_method", "grpc_code"), registry=self.registry)
+            ("grpc_type", "grpc_service", "grpc_method", "grpc_code"), registry=self.registry)
         self.latency = Histogram(
             "grpc_server_handling_seconds", "Response latency (seconds) of gRPC handled by the server.",
-            ("grpc_service", "grpc_method"), buckets=_BUCKETS, registry=self.registry)
+            ("grpc_type", "grpc_service", "grpc_method"), buckets=_BUCKETS, registry=self.registry)
         build = Gauge("aiocontainerd_build_info", "Build information of the daemon.",
                       ("version", "revision", "python"), registry=self.registry)
         build.labels(version(), REVISION, platform.python_version()).set(1)
 
-    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
-        """Record one completed call of ``method`` (``/pkg.Service/Method``)."""
+    def observe_grpc(self, method: str, kind: str, code: str, seconds: float) -> None:
+        """Record one completed call of ``method`` (``/pkg.Service/Method``) of type ``kind``."""
         service, name = _split(method)
-        self.handled.labels(service, name, code).inc()
-        self.latency.labels(service, name).observe(seconds)
+        self.handled.labels(kind, service, name, code).inc()
+        self.latency.labels(kind, service, name).observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every family."""

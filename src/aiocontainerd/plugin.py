@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ class PluginSet:
     def __init__(self) -> None:
         self.plugins: list[Plugin] = []
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Plugin]:
         return iter(self.plugins)
 
     def of_type(self, type_: str) -> list[Plugin]:

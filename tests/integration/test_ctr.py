@@ -81,7 +81,7 @@ def test_unimplemented_service_is_unimplemented_not_unknown(daemon_process: Daem
     # Tasks arrive with the runtime issue; until then ctr must see a clean Unimplemented.
     r = daemon_process.ctr("tasks", "ls", check=False)
     assert r.returncode != 0
-    assert "Unimplemented" in r.stderr or "not implemented" in r.stderr, r.stderr
+    assert "code = Unimplemented desc = unknown service or method" in r.stderr, r.stderr
 
 
 def test_non_empty_namespace_cannot_be_removed(daemon_process: DaemonProcess) -> None:

@@ -48,6 +48,9 @@ def wait_for(predicate, timeout: float = 10) -> bool:
 
 def test_ingest_ls_get_label_rm_and_gc(daemon_process: DaemonProcess) -> None:
     d = daemon_process
+    # `ctr content ingest` commits without a lease: unreferenced content, which the
+    # start-up collection (100 ms after start, as containerd's) would take; wait it out
+    d.wait_log("garbage collected")
     data = os.urandom(2_500_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     assert ingest(d, "r1", data, expected=digest).returncode == 0
@@ -84,6 +87,7 @@ def test_wrong_digest_is_refused_and_leaves_nothing(daemon_process: DaemonProces
 
 def test_active_ingest_is_listed_and_resumable(daemon_process: DaemonProcess) -> None:
     d = daemon_process
+    d.wait_log("garbage collected")  # an unleased ingest is garbage to a collection
     data = os.urandom(1_000_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     # a writer that dies half way: write half the bytes to an ingest, then go away

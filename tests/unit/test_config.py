@@ -51,6 +51,14 @@ map_size = 1048576
     ("[plugins.'io.containerd.metadata.v1.lmdb']\nmapsize = 1", "unknown key"),
     ("[plugins.'io.containerd.grpc.v1.version']\na = 1", "takes no configuration"),
     ("[debug]\nlevel = 'loud'", "unknown level 'loud'"),
+    ("version = '3'", "must be the number 3"),
+    ("[metrics]\naddress = 'nonsense'", "is not host:port"),
+    ("[metrics]\naddress = '127.0.0.1:99999'", "is not host:port"),
+    ("[grpc]\nuid = 99999999999", "not a valid id"),
+    ("[plugins.'io.containerd.metadata.v1.lmdb']\nmap_size = -1", "too small"),
+    ("required_plugins = ['io.containerd.nope.v1.x']", "no such plugins"),
+    ("required_plugins = ['io.containerd.grpc.v1.version']\n"
+     "disabled_plugins = ['io.containerd.grpc.v1.version']", "also disabled"),
     ("[grpc\n", "invalid TOML"),
 ])
 def test_errors_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -70,7 +78,7 @@ def test_imports_merge_over_the_main_file(tmp_path: Path) -> None:
     (tmp_path / "conf.d").mkdir()
     write(tmp_path / "conf.d" / "10-grpc.toml", "[grpc]\ngid = 7\n")
     write(tmp_path / "conf.d" / "20-plugins.toml",
-          "[plugins.'io.containerd.metadata.v1.lmdb']\nmap_size = 4096\n")
+          "[plugins.'io.containerd.metadata.v1.lmdb']\nmap_size = 4194304\n")
     main = write(tmp_path / "main.toml", """
 imports = ["conf.d/*.toml"]
 [grpc]
@@ -79,7 +87,26 @@ gid = 1
 """)
     cfg = load(main, builtins.config_types())
     assert cfg.grpc.address == "/a.sock" and cfg.grpc.gid == 7
-    assert cfg.plugins["io.containerd.metadata.v1.lmdb"].map_size == 4096
+    assert cfg.plugins["io.containerd.metadata.v1.lmdb"].map_size == 4194304
+
+
+def test_imports_like_containerd(tmp_path: Path) -> None:
+    # nested imports are followed, a glob matching the main file skips it, arrays append
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "a.toml", 'imports = ["b.toml"]\ndisabled_plugins = ["p.a"]\n')
+    write(tmp_path / "d" / "b.toml", 'disabled_plugins = ["p.b"]\n[debug]\nlevel = "debug"\n')
+    main = write(tmp_path / "main.toml", 'imports = ["*.toml", "d/a.toml"]\ndisabled_plugins = ["p.m"]\n')
+    cfg = load(main, builtins.config_types())
+    assert cfg.disabled_plugins == ["p.m", "p.a", "p.b"]
+    assert cfg.debug.level == "debug"
+
+
+def test_bad_value_in_import_names_the_imported_file(tmp_path: Path) -> None:
+    bad = write(tmp_path / "20.toml", "[debug]\nlevel = 'loud'\n")
+    main = write(tmp_path / "main.toml", 'imports = ["20.toml"]\n')
+    with pytest.raises(ConfigError) as e:
+        load(main, builtins.config_types())
+    assert str(e.value).startswith(str(bad))
 
 
 def test_error_in_import_names_that_file(tmp_path: Path) -> None:

@@ -56,12 +56,12 @@ async def test_image_keeps_its_tree_alive(world: World) -> None:
     manifest = await world.put(b"manifest", labels={
         "containerd.io/gc.ref.content.l.0": layer, "containerd.io/gc.ref.content.config": config})
     stray = await world.put(b"stray")
-    world.images.create("default", Image("docker.io/library/x:1", Descriptor(MANIFEST, manifest, 8)))
+    await world.images.create("default", Image("docker.io/library/x:1", Descriptor(MANIFEST, manifest, 8)))
     stats = await world.gc.collect()
     assert stats.content == 1 and stats.blobs == 1
     assert world.on_disk() == {layer, config, manifest}
     assert stray not in world.on_disk()
-    world.images.delete("default", "docker.io/library/x:1")
+    await world.images.delete("default", "docker.io/library/x:1")
     stats = await world.gc.collect()
     assert world.on_disk() == set() and stats.bytes == 5000 + 2 + 8
 
@@ -74,26 +74,26 @@ async def test_shared_blob_lives_while_any_namespace_holds_it(world: World) -> N
     assert info.size == 6 and world.content.has("b", digest)
     with pytest.raises(AlreadyExists):
         await world.content.writer("b", "r2", 6, digest)
-    world.content.delete("a", digest)
+    await world.content.delete("a", digest)
     await world.gc.collect()
     assert digest in world.on_disk()
-    world.content.delete("b", digest)
+    await world.content.delete("b", digest)
     await world.gc.collect()
     assert digest not in world.on_disk()
 
 
 async def test_leases_hold_content_until_deleted_or_expired(world: World) -> None:
-    world.leases.create("default", "pull-1")
+    await world.leases.create("default", "pull-1")
     held = await world.put(b"held", lease="pull-1")
     assert Resource(held, "content") in world.leases.resources("default", "pull-1")
-    world.leases.create("default", "old", {"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
+    await world.leases.create("default", "old", {"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
     old = await world.put(b"old", lease="old")
     stats = await world.gc.collect()
     assert held in world.on_disk() and old not in world.on_disk()
     assert stats.leases == 1
     with pytest.raises(NotFound):
         world.leases.get("default", "old")
-    world.leases.delete("default", "pull-1")
+    await world.leases.delete("default", "pull-1")
     await world.gc.collect()
     assert world.on_disk() == set()
 
@@ -106,7 +106,7 @@ async def test_unknown_lease_aborts_the_write(world: World) -> None:
 async def test_ingests_being_written_or_leased_survive_orphans_do_not(world: World) -> None:
     live = await world.content.writer("default", "live")
     await live.write(b"partial")
-    world.leases.create("default", "l")
+    await world.leases.create("default", "l")
     leased = await world.content.writer("default", "leased", lease="l")
     await leased.write(b"partial")
     leased.close()
@@ -127,7 +127,7 @@ async def test_ingests_being_written_or_leased_survive_orphans_do_not(world: Wor
 async def test_container_labels_and_content_refs(world: World) -> None:
     a = await world.put(b"a")
     b = await world.put(b"b", labels={"containerd.io/gc.ref.content": a})
-    world.containers.create("default", Container(
+    await world.containers.create("default", Container(
         "c", Runtime("io.containerd.runc.v2"), TypedValue("x", b"{}"),
         labels={"containerd.io/gc.ref.content.spec": b}))
     await world.gc.collect()

@@ -26,65 +26,65 @@ def db(tmp_path: Path):
     d.close()
 
 
-def test_namespace_crud(db: MetadataDB) -> None:
+async def test_namespace_crud(db: MetadataDB) -> None:
     ns = NamespaceStore(db)
-    ns.create("a", {"x": "1"})
+    await ns.create("a", {"x": "1"})
     with pytest.raises(AlreadyExists):
-        ns.create("a")
-    ns.create("b")
+        await ns.create("a")
+    await ns.create("b")
     assert [n.name for n in ns.list()] == ["a", "b"]
     assert ns.get("a").labels == {"x": "1"}
-    assert ns.update("a", {"y": "2"}, ["labels.y"]).labels == {"x": "1", "y": "2"}
-    assert ns.update("a", {}, ["labels.x"]).labels == {"y": "2"}
-    assert ns.update("a", {"z": "3"}).labels == {"z": "3"}
+    assert (await ns.update("a", {"y": "2"}, ["labels.y"])).labels == {"x": "1", "y": "2"}
+    assert (await ns.update("a", {}, ["labels.x"])).labels == {"y": "2"}
+    assert (await ns.update("a", {"z": "3"})).labels == {"z": "3"}
     with pytest.raises(InvalidArgument, match="cannot update 'name'"):
-        ns.update("a", {}, ["name"])
-    ns.delete("a")
+        await ns.update("a", {}, ["name"])
+    await ns.delete("a")
     with pytest.raises(NotFound):
         ns.get("a")
     with pytest.raises(NotFound):
-        ns.delete("a")
+        await ns.delete("a")
     with pytest.raises(InvalidArgument):
-        ns.create("no way")
+        await ns.create("no way")
 
 
-def test_namespace_with_objects_cannot_be_deleted(db: MetadataDB) -> None:
+async def test_namespace_with_objects_cannot_be_deleted(db: MetadataDB) -> None:
     ns, cs = NamespaceStore(db), ContainerStore(db)
-    cs.create("busy", Container("c1", Runtime("io.containerd.runc.v2"), SPEC))
+    await cs.create("busy", Container("c1", Runtime("io.containerd.runc.v2"), SPEC))
     assert ns.get("busy").labels == {}  # created on first use
-    ns.create("busy2")  # a namespace that sorts after "busy" with the same prefix
+    await ns.create("busy2")  # a namespace that sorts after "busy" with the same prefix
     with pytest.raises(FailedPrecondition, match=r"must be empty.*containers"):
-        ns.delete("busy")
-    ns.delete("busy2")
-    cs.delete("busy", "c1")
-    ns.delete("busy")
+        await ns.delete("busy")
+    await ns.delete("busy2")
+    await cs.delete("busy", "c1")
+    await ns.delete("busy")
 
 
-def test_container_crud_and_rules(db: MetadataDB) -> None:
+async def test_container_crud_and_rules(db: MetadataDB) -> None:
     cs = ContainerStore(db)
-    c = cs.create("default", Container("web", Runtime("io.containerd.runc.v2"), SPEC,
+    c = await cs.create("default", Container("web", Runtime("io.containerd.runc.v2"), SPEC,
                                        labels={"tier": "fe"}, image="docker.io/library/nginx:latest",
                                        snapshotter="overlayfs", snapshot_key="web"))
     assert c.created_at == c.updated_at > 0
     with pytest.raises(AlreadyExists):
-        cs.create("default", Container("web", Runtime("r"), SPEC))
+        await cs.create("default", Container("web", Runtime("r"), SPEC))
     with pytest.raises(InvalidArgument, match=r"Runtime\.Name"):
-        cs.create("default", Container("x", Runtime(""), SPEC))
+        await cs.create("default", Container("x", Runtime(""), SPEC))
     with pytest.raises(InvalidArgument, match="Spec"):
-        cs.create("default", Container("x", Runtime("r"), None))
+        await cs.create("default", Container("x", Runtime("r"), None))
     with pytest.raises(InvalidArgument, match="Snapshotter must be set"):
-        cs.create("default", Container("x", Runtime("r"), SPEC, snapshot_key="k"))
+        await cs.create("default", Container("x", Runtime("r"), SPEC, snapshot_key="k"))
     got = cs.get("default", "web")
     assert got == c
     with pytest.raises(NotFound):
         cs.get("other", "web")
-    upd = cs.update("default", Container("web", Runtime(""), None, labels={"v": "2"}), ["labels.v"])
+    upd = await cs.update("default", Container("web", Runtime(""), None, labels={"v": "2"}), ["labels.v"])
     assert upd.labels == {"tier": "fe", "v": "2"} and upd.spec == SPEC
     assert upd.updated_at >= c.updated_at and upd.created_at == c.created_at
     with pytest.raises(InvalidArgument, match="immutable"):
-        cs.update("default", Container("web", Runtime("other"), SPEC))
+        await cs.update("default", Container("web", Runtime("other"), SPEC))
     with pytest.raises(InvalidArgument, match="cannot update 'runtime'"):
-        cs.update("default", Container("web", Runtime("other"), SPEC), ["runtime"])
+        await cs.update("default", Container("web", Runtime("other"), SPEC), ["runtime"])
     assert [x.id for x in cs.list("default", ["labels.tier==fe"])] == ["web"]
     assert cs.list("default", ["image~=redis"]) == []
     assert [x.id for x in cs.list("default", ["runtime.name==io.containerd.runc.v2"])] == ["web"]
@@ -101,19 +101,21 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
 
 
 WRITER = textwrap.dedent("""
-    import sys
+    import asyncio, sys
     from aiocontainerd.metadata import ContainerStore, MetadataDB
     from aiocontainerd.metadata.containers import Container, Runtime
     from aiocontainerd.types import TypedValue
-    db = MetadataDB.open(sys.argv[1], map_size=256 << 20)
-    cs = ContainerStore(db)
-    spec = TypedValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"x" * 20000)
-    print("ready", flush=True)
-    i = int(sys.argv[2])
-    while True:
-        cs.create("ns%d" % (i % 3), Container("c%d" % i, Runtime("io.containerd.runc.v2"), spec,
-                  labels={"n": str(i)}, extensions={"e": spec}))
-        i += 1
+    async def main():
+        db = MetadataDB.open(sys.argv[1], map_size=256 << 20)
+        cs = ContainerStore(db)
+        spec = TypedValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"x" * 20000)
+        print("ready", flush=True)
+        i = int(sys.argv[2])
+        while True:
+            await cs.create("ns%d" % (i % 3), Container("c%d" % i, Runtime("io.containerd.runc.v2"),
+                            spec, labels={"n": str(i)}, extensions={"e": spec}))
+            i += 1
+    asyncio.run(main())
 """)
 
 

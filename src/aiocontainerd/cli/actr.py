@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,9 @@ def _run(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
             return asyncio.run(go())
         except ContainerdError as e:
             raise click.ClickException(e.message) from None
+        except BrokenPipeError:  # our output was closed (| head): not the daemon's fault
+            sys.stderr.close()
+            raise SystemExit(0) from None
         except (ConnectionError, FileNotFoundError) as e:
             raise click.ClickException(f"cannot connect to {obj['address']}: {e}") from None
 

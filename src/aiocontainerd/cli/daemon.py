@@ -2,8 +2,11 @@
 
     aiocontainerd [--config F] [--root D] [--state D] [--address A] [--log-level L]
     aiocontainerd config default
+    aiocontainerd config validate F
 
-Flags override the config file. SIGTERM and SIGINT stop the daemon cleanly.
+Without ``--config``, ``/etc/aiocontainerd/config.toml`` is read if it exists
+(containerd reads ``/etc/containerd/config.toml`` the same way). Flags override
+the config file. SIGTERM and SIGINT stop the daemon cleanly.
 Exit status: 0 after a clean stop, 1 when the config is invalid or start-up fails.
 """
 
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -25,6 +29,7 @@ from ..metadata import SchemaError
 from ..plugin import PluginError
 
 logger = logging.getLogger("aiocontainerd")
+DEFAULT_CONFIG = "/etc/aiocontainerd/config.toml"
 
 
 async def _serve(config: Config) -> None:
@@ -44,7 +49,7 @@ async def _serve(config: Config) -> None:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-              help="TOML config file (containerd version-3 shape).")
+              help=f"TOML config file (containerd version-3 shape) [default: {DEFAULT_CONFIG} if it exists].")
 @click.option("--root", help="Persistent data folder (overrides config 'root').")
 @click.option("--state", help="Runtime state folder (overrides config 'state').")
 @click.option("--address", "-a", help="gRPC unix socket path (overrides [grpc] address).")
@@ -56,6 +61,8 @@ def main(ctx: click.Context, config_path: str | None, root: str | None, state: s
     """aiocontainerd: containerd re-made in Python on one asyncio event loop."""
     if ctx.invoked_subcommand is not None:
         return
+    if config_path is None and os.path.exists(DEFAULT_CONFIG):
+        config_path = DEFAULT_CONFIG
     try:
         config = load(config_path, builtins.config_types())
     except ConfigError as e:

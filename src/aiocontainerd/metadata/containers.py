@@ -16,12 +16,12 @@ Rules, as containerd's metadata store applies them:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .. import filters, identifiers
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..types import TypedValue, now_ns
-from .db import SEP, MetadataDB, key
+from .db import SEP, MetadataDB, Txn, key
 from .namespaces import apply_label_paths
 
 
@@ -111,8 +111,9 @@ def _validate(c: Container) -> None:
 class ContainerStore:
     """Container records per namespace; each call is one transaction."""
 
-    def __init__(self, db: MetadataDB) -> None:
+    def __init__(self, db: MetadataDB, on_delete: Callable[[], None] | None = None) -> None:
         self._db = db
+        self._on_delete = on_delete or (lambda: None)
 
     def get(self, namespace: str, id_: str) -> Container:
         """The container ``id_``. Raises NotFound."""
@@ -131,7 +132,7 @@ class ContainerStore:
                      for k, v in txn.scan("containers", prefix)]
         return [c for c in items if match.match(c.field)]
 
-    def create(self, namespace: str, container: Container) -> Container:
+    async def create(self, namespace: str, container: Container) -> Container:
         """Store a new container, creating its namespace if needed.
 
         Raises InvalidArgument, AlreadyExists.
@@ -140,19 +141,25 @@ class ContainerStore:
         _validate(container)
         c = dataclasses.replace(container)
         c.created_at = c.updated_at = now_ns()
-        with self._db.write() as txn:
+
+        def create(txn: Txn) -> None:
             txn.put("namespaces", key(namespace), {"labels": {}}, overwrite=False)
             if not txn.put("containers", key(namespace, c.id), c.to_record(), overwrite=False):
                 raise AlreadyExists(f"container {c.id!r}: already exists")
+
+        await self._db.update(create)
         return c
 
-    def update(self, namespace: str, container: Container, paths: Iterable[str] = ()) -> Container:
+    async def update(self, namespace: str, container: Container,
+                     paths: Iterable[str] = ()) -> Container:
         """Update mutable fields by field path (see the module doc).
 
         Raises NotFound, InvalidArgument (unknown path, immutable field changed).
         """
         paths = list(paths)
-        with self._db.write() as txn:
+
+        def update(txn: Txn) -> Container:
+            nonlocal paths
             record = txn.get("containers", key(namespace, container.id))
             if record is None:
                 raise NotFound(f"container {container.id!r}: not found")
@@ -185,10 +192,16 @@ class ContainerStore:
             _validate(current)
             current.updated_at = now_ns()
             txn.put("containers", key(namespace, container.id), current.to_record())
-        return current
+            return current
 
-    def delete(self, namespace: str, id_: str) -> None:
+        return await self._db.update(update)
+
+    async def delete(self, namespace: str, id_: str) -> None:
         """Delete the container record. Raises NotFound."""
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             if not txn.delete("containers", key(namespace, id_)):
                 raise NotFound(f"container {id_!r}: not found")
+
+        await self._db.update(delete)
+        self._on_delete()

@@ -25,7 +25,7 @@ from .. import filters, identifiers
 from ..content import LocalStore, Status, Writer, parse_digest
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..types import now_ns
-from .db import SEP, MetadataDB, key
+from .db import SEP, MetadataDB, Txn, key
 from .leases import Resource, add_resource
 from .namespaces import apply_label_paths
 
@@ -127,7 +127,7 @@ class ContentWriter:
             except AlreadyExists:
                 digest = self._local.digest()  # verified: the same bytes are stored already
             size = (await local.info(digest)).size
-        return self._store._record_commit(self.namespace, self.ref, self.lease, digest, size, labels)
+        return await self._store._record_commit(self.namespace, self.ref, self.lease, digest, size, labels)
 
     def close(self) -> None:
         """Release the ref; the ingest stays for a later writer to resume."""
@@ -169,14 +169,15 @@ class ContentStore:
         with self._db.read() as txn:
             return txn.get("content", key(namespace, digest)) is not None
 
-    def update(self, namespace: str, info: Info, paths: Iterable[str] = ()) -> Info:
+    async def update(self, namespace: str, info: Info, paths: Iterable[str] = ()) -> Info:
         """Update labels (``labels``, ``labels.<k>``; none: replace all). Raises NotFound."""
         paths = list(paths) or ["labels"]
         parse_digest(info.digest)
         for p in paths:
             if p != "labels" and not p.startswith("labels."):
                 raise InvalidArgument(f"cannot update {p!r} field on content {info.digest}")
-        with self._db.write() as txn:
+
+        def update(txn: Txn) -> Info:
             r = txn.get("content", key(namespace, info.digest))
             if r is None:
                 raise NotFound(f"content {info.digest}: not found")
@@ -185,7 +186,9 @@ class ContentStore:
             identifiers.validate_labels(current.labels)
             current.updated_at = now_ns()
             txn.put("content", key(namespace, info.digest), _record(current))
-        return current
+            return current
+
+        return await self._db.update(update)
 
     def list(self, namespace: str, filter_strings: Iterable[str] = ()) -> list[Info]:
         """Blobs of the namespace matching the filters (``digest``, ``size``, ``labels.<k>``)."""
@@ -195,12 +198,15 @@ class ContentStore:
             items = [_info(k[len(prefix):].decode(), v) for k, v in txn.scan("content", prefix)]
         return [i for i in items if match.match(i.field)]
 
-    def delete(self, namespace: str, digest: str) -> None:
+    async def delete(self, namespace: str, digest: str) -> None:
         """Drop the namespace's reference (the blob goes at GC). Raises NotFound."""
         parse_digest(digest)
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             if not txn.delete("content", key(namespace, digest)):
                 raise NotFound(f"content {digest}: not found")
+
+        await self._db.update(delete)
         self._on_delete()
 
     async def read(self, namespace: str, digest: str, offset: int = 0,
@@ -224,22 +230,28 @@ class ContentStore:
             parse_digest(expected)
             if self.has(namespace, expected):
                 raise AlreadyExists(f"content {expected}: already exists")
-        with self._db.write() as txn:
+
+        def record(txn: Txn) -> None:
             txn.put("namespaces", key(namespace), {"labels": {}}, overwrite=False)
             add_resource(txn, namespace, lease, Resource(ref, "ingests"))
             txn.put("ingests", key(namespace, ref), {"expected": expected})
+
+        await self._db.update(record)
         local = await self.local.writer(self.backend_ref(namespace, ref), total, expected)
         return ContentWriter(self, namespace, ref, lease, local)
 
-    def _record_commit(self, namespace: str, ref: str, lease: str | None, digest: str,
-                       size: int, labels: dict[str, str]) -> Info:
+    async def _record_commit(self, namespace: str, ref: str, lease: str | None, digest: str,
+                             size: int, labels: dict[str, str]) -> Info:
         now = now_ns()
         info = Info(digest, size, now, now, labels)
-        with self._db.write() as txn:
+
+        def record(txn: Txn) -> None:
             txn.delete("ingests", key(namespace, ref))
             if not txn.put("content", key(namespace, digest), _record(info), overwrite=False):
                 raise AlreadyExists(f"content {digest}: already exists")
             add_resource(txn, namespace, lease, Resource(digest, "content"))
+
+        await self._db.update(record)
         return info
 
     def _own(self, namespace: str, status: Status) -> Status | None:
@@ -266,5 +278,4 @@ class ContentStore:
     async def abort(self, namespace: str, ref: str) -> None:
         """Remove the write ``ref``. Raises NotFound, Unavailable (in use)."""
         await self.local.abort(self.backend_ref(namespace, ref))
-        with self._db.write() as txn:
-            txn.delete("ingests", key(namespace, ref))
+        await self._db.update(lambda txn: txn.delete("ingests", key(namespace, ref)))

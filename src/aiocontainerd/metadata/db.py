@@ -17,28 +17,37 @@ Objects of a namespace sort together under the ``<namespace> NUL`` prefix, so
 "is this namespace empty" and "list in namespace" are prefix range scans.
 
 Contract:
-- Every mutation runs inside one :meth:`MetadataDB.write` transaction; LMDB
-  commits it atomically, so a crash (or SIGKILL) between transactions never
-  leaves half an object, and a failed body aborts the whole transaction.
-- Reads run in :meth:`MetadataDB.read` snapshots, isolated from writers.
+- Every mutation is one function run by :meth:`MetadataDB.update` inside one
+  write transaction on the database's single writer thread (commits fsync, which
+  must not block the event loop); LMDB commits it atomically, so a crash (or
+  SIGKILL) between transactions never leaves half an object, and a function that
+  raises aborts the whole transaction.
+- Reads run in :meth:`MetadataDB.read` snapshots on the loop (point reads and
+  short scans are fast), isolated from the writer.
 - The schema version is written when the database is created and checked at
   every open: a database written by an incompatible version raises
   :class:`SchemaError` instead of being misread.
-- Transactions are short and synchronous: they run on the event loop, which
-  is the only writer (LMDB's own lock also keeps other processes out).
+- Keys are 1 to 511 bytes (LMDB's limit): a longer name is InvalidArgument, an
+  empty one is simply not found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
+from ..errors import InvalidArgument
+
+T = TypeVar("T")
+MAX_KEY = 511
 SCHEMA_VERSION = 1
 DEFAULT_MAP_SIZE = 16 << 30
 SEP = "\0"
@@ -76,18 +85,27 @@ class Txn:
         self._dbs = dbs
 
     def get(self, db: str, k: bytes) -> dict[str, Any] | None:
+        if not k or len(k) > MAX_KEY:
+            return None
         raw = self._txn.get(k, db=self._dbs[db])
         return None if raw is None else decode(raw)
 
     def put(self, db: str, k: bytes, value: dict[str, Any], *, overwrite: bool = True) -> bool:
         """Store ``value``; with ``overwrite=False`` returns False if the key exists."""
+        if not k or len(k) > MAX_KEY:
+            raise InvalidArgument(f"name of {len(k)} bytes: names must be 1 to {MAX_KEY} bytes "
+                                  "with their namespace")
         return self._txn.put(k, encode(value), db=self._dbs[db], overwrite=overwrite)
 
     def delete(self, db: str, k: bytes) -> bool:
+        if not k or len(k) > MAX_KEY:
+            return False
         return self._txn.delete(k, db=self._dbs[db])
 
     def scan(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, dict[str, Any]]]:
         """Keys and values of ``db`` starting with ``prefix``, in key order."""
+        if len(prefix) > MAX_KEY:
+            return
         with self._txn.cursor(db=self._dbs[db]) as cur:
             if not cur.set_range(prefix):
                 return
@@ -98,6 +116,8 @@ class Txn:
 
     def any(self, db: str, prefix: bytes) -> bool:
         """Whether ``db`` holds any key starting with ``prefix``."""
+        if len(prefix) > MAX_KEY:
+            return False
         with self._txn.cursor(db=self._dbs[db]) as cur:
             return cur.set_range(prefix) and cur.key().startswith(prefix)
 
@@ -109,6 +129,7 @@ class MetadataDB:
         self._env = env
         self._dbs = dbs
         self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lmdb-writer")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> MetadataDB:
@@ -142,9 +163,23 @@ class MetadataDB:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Txn]:
-        """A write transaction: committed when the body returns, aborted if it raises."""
+        """A write transaction on the calling thread (use :meth:`update` from the loop)."""
         with self._env.begin(write=True) as txn:
             yield Txn(txn, self._dbs)
 
+    def _apply(self, fn: Callable[[Txn], T]) -> T:
+        with self.write() as txn:
+            return fn(txn)
+
+    async def update(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn(txn)`` in one write transaction on the writer thread; returns its result.
+
+        Committed (and synced) before this returns; aborted if ``fn`` raises, which
+        re-raises here. Runs to completion even if the caller is cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._apply, fn)
+
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self._env.close()

@@ -160,42 +160,41 @@ class GarbageCollector:
         self._content = content
         self._lock = asyncio.Lock()
 
-    def _sweep(self) -> tuple[GCStats, set[str]]:
-        """Mark and sweep the metadata in one write transaction (runs in a thread)."""
+    def _sweep(self, txn: Txn) -> tuple[GCStats, set[str]]:
+        """Mark and sweep the metadata in one write transaction (on the writer thread)."""
         stats = GCStats()
         now = datetime.datetime.now(datetime.UTC)
-        with self._db.write() as txn:
-            live, expired_leases = mark(txn, now)
-            for ns, lid in expired_leases:
-                txn.delete("leases", (ns + SEP + lid).encode())
-                for rk, _ in list(txn.scan("lease_resources", (ns + SEP + lid + SEP).encode())):
-                    txn.delete("lease_resources", rk)
-                stats.leases += 1
-            for k, image in list(txn.scan("images")):
-                ns, name = _split(k)
-                if ("image", ns, name) not in live and expired(image["labels"], now):
-                    txn.delete("images", k)
-                    stats.images += 1
-            referenced: set[str] = set()
-            for k, _ in list(txn.scan("content")):
-                ns, digest = _split(k)
-                if ("content", ns, digest) in live:
-                    referenced.add(digest)
-                else:
-                    txn.delete("content", k)
-                    stats.content += 1
-            for k, _ in list(txn.scan("ingests")):
-                ns, ref = _split(k)
-                if ("ingest", ns, ref) not in live \
-                        and not self._content.local.locked(self._content.backend_ref(ns, ref)):
-                    txn.delete("ingests", k)
+        live, expired_leases = mark(txn, now)
+        for ns, lid in expired_leases:
+            txn.delete("leases", (ns + SEP + lid).encode())
+            for rk, _ in list(txn.scan("lease_resources", (ns + SEP + lid + SEP).encode())):
+                txn.delete("lease_resources", rk)
+            stats.leases += 1
+        for k, image in list(txn.scan("images")):
+            ns, name = _split(k)
+            if ("image", ns, name) not in live and expired(image["labels"], now):
+                txn.delete("images", k)
+                stats.images += 1
+        referenced: set[str] = set()
+        for k, _ in list(txn.scan("content")):
+            ns, digest = _split(k)
+            if ("content", ns, digest) in live:
+                referenced.add(digest)
+            else:
+                txn.delete("content", k)
+                stats.content += 1
+        for k, _ in list(txn.scan("ingests")):
+            ns, ref = _split(k)
+            if ("ingest", ns, ref) not in live \
+                    and not self._content.local.locked(self._content.backend_ref(ns, ref)):
+                txn.delete("ingests", k)
         return stats, referenced
 
     async def collect(self) -> GCStats:
         """Run one full collection; concurrent calls wait for the running one, then run again."""
         async with self._lock, self._content.commit_lock:
             started = time.perf_counter()
-            stats, referenced = await asyncio.to_thread(self._sweep)
+            stats, referenced = await self._db.update(lambda txn: self._sweep(txn))
             local = self._content.local
             for st in await local.list_statuses():
                 # ingests whose record was swept, or that never had one (a killed daemon's)

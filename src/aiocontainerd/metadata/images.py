@@ -19,7 +19,7 @@ from .. import filters, identifiers
 from ..content import parse_digest
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..types import Descriptor, now_ns
-from .db import SEP, MetadataDB, key
+from .db import SEP, MetadataDB, Txn, key
 from .namespaces import apply_label_paths
 
 
@@ -89,22 +89,26 @@ class ImageStore:
             items = [_image(k[len(prefix):].decode(), v) for k, v in txn.scan("images", prefix)]
         return [i for i in items if match.match(i.field)]
 
-    def create(self, namespace: str, image: Image) -> Image:
+    async def create(self, namespace: str, image: Image) -> Image:
         """Raises InvalidArgument, AlreadyExists."""
         identifiers.validate(namespace)
         _validate(image)
         now = now_ns()
         image = dataclasses.replace(image, created_at=now, updated_at=now)
-        with self._db.write() as txn:
+
+        def create(txn: Txn) -> None:
             txn.put("namespaces", key(namespace), {"labels": {}}, overwrite=False)
             if not txn.put("images", key(namespace, image.name), _record(image), overwrite=False):
                 raise AlreadyExists(f"image {image.name!r}: already exists")
+
+        await self._db.update(create)
         return image
 
-    def update(self, namespace: str, image: Image, paths: Iterable[str] = ()) -> Image:
+    async def update(self, namespace: str, image: Image, paths: Iterable[str] = ()) -> Image:
         """Raises NotFound, InvalidArgument."""
         paths = list(paths) or ["labels", "target"]
-        with self._db.write() as txn:
+
+        def update(txn: Txn) -> Image:
             r = txn.get("images", key(namespace, image.name))
             if r is None:
                 raise NotFound(f"image {image.name!r}: not found")
@@ -123,18 +127,23 @@ class ImageStore:
             _validate(current)
             current.updated_at = now_ns()
             txn.put("images", key(namespace, image.name), _record(current))
-        return current
+            return current
 
-    def delete(self, namespace: str, name: str, target: str | None = None) -> None:
+        return await self._db.update(update)
+
+    async def delete(self, namespace: str, name: str, target: str | None = None) -> None:
         """Delete; with ``target`` only if the image still points at that digest.
 
         Raises NotFound, FailedPrecondition (target moved).
         """
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             r = txn.get("images", key(namespace, name))
             if r is None:
                 raise NotFound(f"image {name!r}: not found")
             if target and r["target"]["digest"] != target:
                 raise FailedPrecondition(f"image {name!r} target is {r['target']['digest']}, not {target}")
             txn.delete("images", key(namespace, name))
+
+        await self._db.update(delete)
         self._on_delete()

@@ -80,18 +80,21 @@ class LeaseStore:
     def __init__(self, db: MetadataDB) -> None:
         self._db = db
 
-    def create(self, namespace: str, id_: str, labels: Mapping[str, str] | None = None) -> Lease:
+    async def create(self, namespace: str, id_: str, labels: Mapping[str, str] | None = None) -> Lease:
         """Raises InvalidArgument, AlreadyExists."""
         identifiers.validate(namespace)
         identifiers.validate(id_)
         labels = dict(labels or {})
         identifiers.validate_labels(labels)
         lease = Lease(id_, labels, now_ns())
-        with self._db.write() as txn:
+
+        def create(txn: Txn) -> None:
             txn.put("namespaces", key(namespace), {"labels": {}}, overwrite=False)
             if not txn.put("leases", key(namespace, id_),
                            {"labels": labels, "created_at": lease.created_at}, overwrite=False):
                 raise AlreadyExists(f"lease {id_!r}: already exists")
+
+        await self._db.update(create)
         return lease
 
     def get(self, namespace: str, id_: str) -> Lease:
@@ -109,27 +112,32 @@ class LeaseStore:
                      for k, v in txn.scan("leases", prefix)]
         return [lease for lease in items if match.match(lease.field)]
 
-    def delete(self, namespace: str, id_: str) -> None:
+    async def delete(self, namespace: str, id_: str) -> None:
         """Delete the lease and release its resources. Raises NotFound."""
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             if not txn.delete("leases", key(namespace, id_)):
                 raise NotFound(f"lease {id_!r}: not found")
             prefix = (namespace + SEP + id_ + SEP).encode()
             for k, _ in list(txn.scan("lease_resources", prefix)):
                 txn.delete("lease_resources", k)
 
-    def add_resource(self, namespace: str, id_: str, resource: Resource) -> None:
+        await self._db.update(delete)
+
+    async def add_resource(self, namespace: str, id_: str, resource: Resource) -> None:
         """Raises NotFound (lease), InvalidArgument (resource)."""
         validate_resource(resource)
-        with self._db.write() as txn:
-            add_resource(txn, namespace, id_, resource)
+        await self._db.update(lambda txn: add_resource(txn, namespace, id_, resource))
 
-    def delete_resource(self, namespace: str, id_: str, resource: Resource) -> None:
+    async def delete_resource(self, namespace: str, id_: str, resource: Resource) -> None:
         """Raises NotFound (lease)."""
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             if txn.get("leases", key(namespace, id_)) is None:
                 raise NotFound(f"lease {id_!r}: not found")
             txn.delete("lease_resources", key(namespace, id_, resource.type, resource.id))
+
+        await self._db.update(delete)
 
     def resources(self, namespace: str, id_: str) -> list[Resource]:
         """Raises NotFound (lease)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from .. import identifiers
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from .db import NAMESPACED, SEP, MetadataDB, key
+from .db import NAMESPACED, SEP, MetadataDB, Txn, key
 
 
 @dataclasses.dataclass
@@ -52,21 +52,18 @@ class NamespaceStore:
     def __init__(self, db: MetadataDB) -> None:
         self._db = db
 
-    def create(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
+    async def create(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
         """Create ``name``. Raises InvalidArgument (bad name/labels), AlreadyExists."""
         identifiers.validate(name)
         labels = dict(labels or {})
         identifiers.validate_labels(labels)
-        with self._db.write() as txn:
+
+        def create(txn: Txn) -> None:
             if not txn.put("namespaces", key(name), {"labels": labels}, overwrite=False):
                 raise AlreadyExists(f"namespace {name!r}: already exists")
-        return Namespace(name, labels)
 
-    def ensure(self, name: str) -> None:
-        """Create ``name`` without labels unless it exists (objects create their namespace)."""
-        identifiers.validate(name)
-        with self._db.write() as txn:
-            txn.put("namespaces", key(name), {"labels": {}}, overwrite=False)
+        await self._db.update(create)
+        return Namespace(name, labels)
 
     def get(self, name: str) -> Namespace:
         """The namespace ``name``. Raises NotFound."""
@@ -81,25 +78,36 @@ class NamespaceStore:
         with self._db.read() as txn:
             return [Namespace(k.decode(), v["labels"]) for k, v in txn.scan("namespaces")]
 
-    def update(self, name: str, labels: Mapping[str, str], paths: Iterable[str] = ()) -> Namespace:
+    async def update(self, name: str, labels: Mapping[str, str],
+                     paths: Iterable[str] = ()) -> Namespace:
         """Update labels by field mask (see :func:`apply_label_paths`); no paths replaces all.
 
-        Raises NotFound, InvalidArgument.
+        Setting single labels (``labels.<k>`` paths only) creates a missing namespace,
+        as containerd's ``SetLabel`` does. Raises NotFound, InvalidArgument.
         """
         paths = list(paths) or ["labels"]
-        with self._db.write() as txn:
+        only_keys = all(p.startswith("labels.") for p in paths)
+        if only_keys:
+            identifiers.validate(name)
+
+        def update(txn: Txn) -> dict[str, str]:
             record = txn.get("namespaces", key(name))
             if record is None:
-                raise NotFound(f"namespace {name!r}: not found")
+                if not only_keys:
+                    raise NotFound(f"namespace {name!r}: not found")
+                record = {"labels": {}}
             record["labels"] = apply_label_paths(record["labels"], labels, paths)
             identifiers.validate_labels(record["labels"])
             txn.put("namespaces", key(name), record)
-        return Namespace(name, record["labels"])
+            return record["labels"]
 
-    def delete(self, name: str) -> None:
+        return Namespace(name, await self._db.update(update))
+
+    async def delete(self, name: str) -> None:
         """Delete an empty namespace. Raises NotFound, FailedPrecondition (not empty)."""
         prefix = (name + SEP).encode()
-        with self._db.write() as txn:
+
+        def delete(txn: Txn) -> None:
             if txn.get("namespaces", key(name)) is None:
                 raise NotFound(f"namespace {name!r}: not found")
             holding = [db for db in NAMESPACED if txn.any(db, prefix)]
@@ -107,3 +115,5 @@ class NamespaceStore:
                 raise FailedPrecondition(
                     f"namespace {name!r} must be empty, but it still has {', '.join(holding)}")
             txn.delete("namespaces", key(name))
+
+        await self._db.update(delete)

@@ -30,6 +30,10 @@ class LMDBConfig:
 
     map_size: int = DEFAULT_MAP_SIZE
 
+    def __post_init__(self) -> None:
+        if self.map_size < 1 << 20:
+            raise ValueError(f"key 'map_size': {self.map_size} bytes is too small (at least 1048576)")
+
 
 class Metadata:
     """The open store: the database and its per-object stores.
@@ -42,7 +46,7 @@ class Metadata:
         self.db = db
         self.scheduler: Scheduler | None = None
         self.namespaces = NamespaceStore(db)
-        self.containers = ContainerStore(db)
+        self.containers = ContainerStore(db, on_delete=self.deleted)
         self.content = ContentStore(db, local, on_delete=self.deleted)
         self.images = ImageStore(db, on_delete=self.deleted)
         self.leases = LeaseStore(db)

@@ -1,7 +1,8 @@
 """The GC scheduler (plugin ``io.containerd.gc.v1.scheduler``): when collections run.
 
-- After ``deletion_threshold`` deletions (images, content, leases, containers)
-  a collection is scheduled ``schedule_delay`` later (0 disables the trigger);
+- After a deletion (images, content, leases, containers) a collection is
+  scheduled ``schedule_delay`` later; with ``deletion_threshold`` N > 0, only
+  once N deletions have accumulated (containerd's default 0: the first one);
 - once ``startup_delay`` after the daemon starts (cleans up what a killed
   daemon left behind);
 - at once, awaited, for deletes that ask for ``sync``.
@@ -38,7 +39,7 @@ def parse_duration(text: str) -> float:
 class SchedulerConfig:
     """``[plugins."io.containerd.gc.v1.scheduler"]``."""
 
-    deletion_threshold: int = 1
+    deletion_threshold: int = 0
     schedule_delay: str = "0ms"
     startup_delay: str = "100ms"
 
@@ -59,7 +60,7 @@ class Scheduler:
     def deleted(self) -> None:
         """Count one deletion; schedule a collection when the threshold is reached."""
         self._deletions += 1
-        if self._threshold and self._deletions >= self._threshold:
+        if self._deletions >= max(self._threshold, 1):
             self._schedule(self._delay)
 
     def _schedule(self, delay: float) -> None:

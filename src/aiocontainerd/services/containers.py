@@ -66,16 +66,16 @@ class ContainersService(api.ContainersBase):
             yield api.ListContainerMessage(container=_wire(c))
 
     async def create(self, message: api.CreateContainerRequest) -> api.CreateContainerResponse:
-        c = self._store.create(context.namespace(), _core(message.container))
+        c = await self._store.create(context.namespace(), _core(message.container))
         return api.CreateContainerResponse(container=_wire(c))
 
     async def update(self, message: api.UpdateContainerRequest) -> api.UpdateContainerResponse:
-        c = self._store.update(context.namespace(), _core(message.container),
+        c = await self._store.update(context.namespace(), _core(message.container),
                                mask_paths(message.update_mask))
         return api.UpdateContainerResponse(container=_wire(c))
 
     async def delete(self, message: api.DeleteContainerRequest) -> pb.Empty:
-        self._store.delete(context.namespace(), message.id)
+        await self._store.delete(context.namespace(), message.id)
         return pb.Empty()
 
 

@@ -47,7 +47,7 @@ class ContentService(api.ContentBase):
         if message.info is None:
             raise InvalidArgument("info must be set")
         info = Info(message.info.digest, message.info.size, labels=dict(message.info.labels))
-        updated = self._store.update(context.namespace(), info, mask_paths(message.update_mask))
+        updated = await self._store.update(context.namespace(), info, mask_paths(message.update_mask))
         return api.UpdateResponse(info=_info(updated))
 
     async def list(self, message: api.ListContentRequest) -> AsyncIterator[api.ListContentResponse]:
@@ -56,7 +56,7 @@ class ContentService(api.ContentBase):
             yield api.ListContentResponse(info=[_info(i) for i in items[start:start + 100]])
 
     async def delete(self, message: api.DeleteContentRequest) -> pb.Empty:
-        self._store.delete(context.namespace(), message.digest)
+        await self._store.delete(context.namespace(), message.digest)
         return pb.Empty()
 
     async def read(self, message: api.ReadContentRequest) -> AsyncIterator[api.ReadContentResponse]:

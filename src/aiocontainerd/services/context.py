@@ -12,6 +12,7 @@ import contextvars
 import dataclasses
 
 from .. import identifiers
+from ..errors import FailedPrecondition
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -29,11 +30,16 @@ current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
 
 
 def namespace() -> str:
-    """The request's namespace, validated. Raises InvalidArgument for an invalid name."""
+    """The request's namespace (``default`` without the header), validated.
+
+    Raises FailedPrecondition for an empty header, InvalidArgument for an invalid name.
+    """
     ctx = current.get()
     name = ctx.namespace if ctx is not None else None
     if name is None:
         return DEFAULT_NAMESPACE
+    if name == "":
+        raise FailedPrecondition("namespace is required")
     return identifiers.validate(name)
 
 

@@ -37,7 +37,7 @@ class ImagesService(api.ImagesBase):
         return api.ListImagesResponse(images=[_wire(i) for i in items])
 
     async def create(self, message: api.CreateImageRequest) -> api.CreateImageResponse:
-        image = self._store.create(context.namespace(), _core(message.image))
+        image = await self._store.create(context.namespace(), _core(message.image))
         return api.CreateImageResponse(image=_wire(image))
 
     async def update(self, message: api.UpdateImageRequest) -> api.UpdateImageResponse:
@@ -47,12 +47,12 @@ class ImagesService(api.ImagesBase):
         # an unset target only passes validation when the mask leaves the target alone
         target = from_descriptor(i.target) if i.target is not None else Descriptor("", "", 0)
         core = Image(i.name, target, dict(i.labels))
-        updated = self._store.update(context.namespace(), core, mask_paths(message.update_mask))
+        updated = await self._store.update(context.namespace(), core, mask_paths(message.update_mask))
         return api.UpdateImageResponse(image=_wire(updated))
 
     async def delete(self, message: api.DeleteImageRequest) -> pb.Empty:
         target = message.target.digest if message.target is not None else None
-        self._store.delete(context.namespace(), message.name, target)
+        await self._store.delete(context.namespace(), message.name, target)
         if message.sync:
             await self._metadata.collect()
         return pb.Empty()

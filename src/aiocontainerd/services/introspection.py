@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from grpclib.const import Status
@@ -21,6 +22,7 @@ from .. import filters
 from ..api.containerd import types as ctypes
 from ..api.containerd.services.introspection import v1 as api
 from ..api.google import protobuf as pb
+from ..api.google import rpc
 from ..errors import InvalidArgument, NotFound, Unimplemented
 from ..plugin import GRPC, InitContext, Plugin, PluginSet, Registration
 from .convert import status
@@ -30,7 +32,7 @@ def _platforms(p: Plugin) -> list[ctypes.Platform]:
     return [ctypes.Platform(os=o, architecture=a, variant=v) for o, a, v in p.platforms]
 
 
-def _init_err(p: Plugin):  # -> rpc.Status | None
+def _init_err(p: Plugin) -> rpc.Status | None:
     if p.error is None:
         return None if p.instance is not None else status(Status.UNKNOWN.value, "not initialised")
     if p.skipped:
@@ -46,7 +48,7 @@ def _wire(p: Plugin) -> api.Plugin:
         exports=dict(p.exports), capabilities=list(r.capabilities), init_err=_init_err(p))
 
 
-def _field(p: Plugin, path) -> str | None:
+def _field(p: Plugin, path: Sequence[str]) -> str | None:
     head = path[0] if path else ""
     if head in ("type", "id") and len(path) == 1:
         return getattr(p.registration, head)

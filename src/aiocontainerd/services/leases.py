@@ -21,11 +21,11 @@ class LeasesService(api.LeasesBase):
         self._store = metadata.leases
 
     async def create(self, message: api.CreateRequest) -> api.CreateResponse:
-        lease = self._store.create(context.namespace(), message.id, message.labels)
+        lease = await self._store.create(context.namespace(), message.id, message.labels)
         return api.CreateResponse(lease=_lease(lease))
 
     async def delete(self, message: api.DeleteRequest) -> pb.Empty:
-        self._store.delete(context.namespace(), message.id)
+        await self._store.delete(context.namespace(), message.id)
         if message.sync:
             await self._metadata.collect()
         else:
@@ -38,12 +38,12 @@ class LeasesService(api.LeasesBase):
 
     async def add_resource(self, message: api.AddResourceRequest) -> pb.Empty:
         r = message.resource or api.Resource()
-        self._store.add_resource(context.namespace(), message.id, Resource(r.id, r.type))
+        await self._store.add_resource(context.namespace(), message.id, Resource(r.id, r.type))
         return pb.Empty()
 
     async def delete_resource(self, message: api.DeleteResourceRequest) -> pb.Empty:
         r = message.resource or api.Resource()
-        self._store.delete_resource(context.namespace(), message.id, Resource(r.id, r.type))
+        await self._store.delete_resource(context.namespace(), message.id, Resource(r.id, r.type))
         self._metadata.deleted()
         return pb.Empty()
 

@@ -28,18 +28,18 @@ class NamespacesService(api.NamespacesBase):
     async def create(self, message: api.CreateNamespaceRequest) -> api.CreateNamespaceResponse:
         if message.namespace is None:
             raise InvalidArgument("namespace must be set")
-        ns = self._store.create(message.namespace.name, message.namespace.labels)
+        ns = await self._store.create(message.namespace.name, message.namespace.labels)
         return api.CreateNamespaceResponse(namespace=_wire(ns))
 
     async def update(self, message: api.UpdateNamespaceRequest) -> api.UpdateNamespaceResponse:
         if message.namespace is None:
             raise InvalidArgument("namespace must be set")
-        ns = self._store.update(message.namespace.name, message.namespace.labels,
+        ns = await self._store.update(message.namespace.name, message.namespace.labels,
                                 mask_paths(message.update_mask))
         return api.UpdateNamespaceResponse(namespace=_wire(ns))
 
     async def delete(self, message: api.DeleteNamespaceRequest) -> pb.Empty:
-        self._store.delete(message.name)
+        await self._store.delete(message.name)
         return pb.Empty()
 
 

@@ -6,7 +6,7 @@ Every call passes through :class:`Server`'s middleware, which
 - turns core errors (:class:`~aiocontainerd.errors.ContainerdError`) into
   gRPC statuses with their code and message, and any other exception into
   ``UNKNOWN`` with the message (logged with its traceback, never sent);
-- counts calls and their latency in the daemon's metrics.
+- counts calls of served methods and their latency in the daemon's metrics.
 
 A method no handler serves answers ``UNIMPLEMENTED`` as a normal gRPC
 response (with ``content-type``), which Go clients such as ``ctr`` read as
@@ -16,6 +16,7 @@ Go reads as Unknown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Collection
@@ -34,11 +35,20 @@ log = logging.getLogger(__name__)
 
 
 async def _unimplemented(stream: grpclib.server.Stream) -> None:
-    raise GRPCError(grpclib.const.Status.UNIMPLEMENTED, "method not implemented")
+    raise GRPCError(grpclib.const.Status.UNIMPLEMENTED, "unknown service or method")
 
 
 _UNIMPLEMENTED = grpclib.const.Handler(
     _unimplemented, grpclib.const.Cardinality.STREAM_STREAM, None, None)
+
+
+Cardinality = grpclib.const.Cardinality
+_KIND = {Cardinality.UNARY_UNARY: "unary", Cardinality.UNARY_STREAM: "server_stream",
+         Cardinality.STREAM_UNARY: "client_stream", Cardinality.STREAM_STREAM: "bidi_stream"}
+#: gRPC status names as Go spells them (codes.Code.String), which go-grpc-prometheus exports.
+_CODE_NAMES = {s: "".join(w.capitalize() for w in s.name.split("_")) for s in grpclib.const.Status}
+_CODE_NAMES[grpclib.const.Status.OK] = "OK"
+_CODE_NAMES[grpclib.const.Status.CANCELLED] = "Canceled"
 
 
 class _Mapping(dict):
@@ -61,6 +71,8 @@ class Server(grpclib.server.Server):
         func = event.method_func
         method = event.method_name
         metadata = event.metadata
+        known = dict.get(self._mapping, method)
+        kind = _KIND[known.cardinality] if known is not None else None
         ctx = context.RequestContext(
             namespace=_header(metadata, context.NAMESPACE_HEADER),
             lease=_header(metadata, context.LEASE_HEADER),
@@ -79,13 +91,16 @@ class Server(grpclib.server.Server):
             except GRPCError as e:
                 code = e.status
                 raise
+            except asyncio.CancelledError:
+                code = grpclib.const.Status.CANCELLED
+                raise
             except Exception as e:
                 code = grpclib.const.Status.UNKNOWN
                 log.exception("error handling request", extra={"fields": {"method": method}})
                 raise GRPCError(code, str(e) or type(e).__name__) from None
             finally:
-                if metrics is not None:
-                    metrics.observe_grpc(method, code.name, time.perf_counter() - started)
+                if metrics is not None and kind is not None:
+                    metrics.observe_grpc(method, kind, _CODE_NAMES[code], time.perf_counter() - started)
 
         event.method_func = call
 

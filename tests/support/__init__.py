@@ -1,0 +1,1 @@
+"""Test support: a real registry (``docker-registry``), a fault-injecting front, test images."""
