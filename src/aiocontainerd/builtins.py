@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .images.service import PLUGIN as TRANSFER_LOCAL
 from .metadata.plugin import CONTENT_PLUGIN as CONTENT_LOCAL
 from .metadata.plugin import PLUGIN as METADATA_LMDB
 from .metadata.scheduler import PLUGIN as GC_SCHEDULER
@@ -18,8 +19,8 @@ from .services.version import PLUGIN as VERSION
 
 def registrations() -> list[Registration]:
     """Every built-in plugin registration."""
-    return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, VERSION, NAMESPACES, CONTAINERS, CONTENT,
-            IMAGES, LEASES, INTROSPECTION, HEALTH]
+    return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, TRANSFER_LOCAL, VERSION, NAMESPACES,
+            CONTAINERS, CONTENT, IMAGES, LEASES, INTROSPECTION, HEALTH]
 
 
 def config_types() -> dict[str, type | None]:

@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 import platform as _pyplatform
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..errors import InvalidArgument
 
+T = TypeVar("T")
 _SPECIFIER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _OS = re.compile(r"^([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?$")
 
@@ -313,6 +315,27 @@ class MatchComparer:
 
     def _cmp(self, a: Platform, b: Platform) -> int:
         return -1 if self.less(a, b) else 1 if self.less(b, a) else 0
+
+    def select(self, items: Iterable[T], limit: int = 0,
+               key: Callable[[T], Platform | None] = operator.attrgetter("platform")) -> list[T]:
+        """The entries of an index a pull should take, best first (containerd's
+        FilterPlatforms + LimitManifests).
+
+        ``items`` are descriptors (or anything ``key`` maps to a platform). Entries
+        whose platform does not match are dropped; entries without a platform are
+        kept, after the others; equal preference keeps the index order. ``limit``
+        > 0 keeps that many.
+        """
+        kept = [i for i in items if key(i) is None or self.match(key(i))]  # type: ignore[arg-type]
+
+        def cmp(a: T, b: T) -> int:
+            pa, pb = key(a), key(b)
+            if pa is None or pb is None:
+                return (pa is None) - (pb is None)
+            return self._cmp(pa, pb)
+
+        kept.sort(key=functools.cmp_to_key(cmp))
+        return kept[:limit] if limit > 0 else kept
 
 
 class _Ordered(MatchComparer):

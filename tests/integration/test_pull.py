@@ -1,0 +1,118 @@
+"""Daemon-side pull (aiocontainerd.images.pull) from a real registry on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aiocontainerd.content import LocalStore
+from aiocontainerd.errors import FailedPrecondition, NotFound, Unavailable
+from aiocontainerd.images.pull import PullOptions, pull
+from aiocontainerd.metadata import MetadataDB
+from aiocontainerd.metadata.gc import GarbageCollector
+from aiocontainerd.metadata.plugin import Metadata
+from aiocontainerd.metadata.scheduler import Scheduler, SchedulerConfig
+from aiocontainerd.remotes import Hosts, Resolver, platforms
+from tests.support.images import busybox_image, multi_platform, push
+from tests.support.registry import Registry, RegistryFront
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def metadata(tmp_path: Path):
+    db = MetadataDB.open(tmp_path / "db", map_size=256 << 20)
+    m = Metadata(db, LocalStore(tmp_path / "content"))
+    m.scheduler = Scheduler(GarbageCollector(db, m.content), SchedulerConfig(startup_delay="1h"))
+    yield m
+    await m.scheduler.close()
+    db.close()
+
+
+@pytest.fixture
+async def resolver():
+    async with Resolver(Hosts(plain_http=True)) as r:
+        yield r
+
+
+def on_disk(m: Metadata) -> set[str]:
+    return {"sha256:" + p.name for p in (m.content.local.root / "blobs" / "sha256").iterdir()}
+
+
+async def test_pull_single_and_multi_layer(registry: Registry, metadata: Metadata,
+                                           resolver: Resolver) -> None:
+    for layers, compression in [(1, "gzip"), (3, "zstd"), (2, "none")]:
+        image = busybox_image(layers, compression)
+        await push(registry.host, f"test/bb{layers}", "v1", image)
+        events = []
+        got = await pull(f"{registry.host}/test/bb{layers}:v1", resolver=resolver, metadata=metadata,
+                         namespace="default", progress=events.append)
+        assert got.name == f"{registry.host}/test/bb{layers}:v1"
+        assert got.target.digest == image.digest
+        assert set(image.blobs) <= on_disk(metadata)
+        info = metadata.content.info("default", image.digest)
+        # containerd keys the label by host name without the port
+        assert info.labels["containerd.io/distribution.source.127.0.0.1"] == f"test/bb{layers}"
+        assert info.labels["containerd.io/gc.ref.content.config"] == image.config.digest
+        assert {e.digest for e in events if e.status == "done"} == set(image.blobs)
+    # nothing else is left: the lease is gone and GC keeps exactly the images' blobs
+    await metadata.collect()
+    assert await metadata.content.list_statuses("default") == []
+
+
+async def test_platforms(registry: Registry, metadata: Metadata, resolver: Resolver) -> None:
+    image = multi_platform()
+    await push(registry.host, "test/multi", "1", image)
+    ref = f"{registry.host}/test/multi:1"
+    await pull(ref, resolver=resolver, metadata=metadata, namespace="host")
+    amd64 = image.for_platform("linux", "amd64")
+    have = {i.digest for i in metadata.content.list("host")}
+    assert set(amd64.blobs) - {image.digest} <= have
+    assert not (set(image.for_platform("linux", "arm64").layers[0].digest for _ in [0]) & have)
+    await pull(ref, resolver=resolver, metadata=metadata, namespace="arm",
+               options=PullOptions(platform=platforms.only(platforms.parse("linux/arm/v7"))))
+    arm = image.for_platform("linux", "arm", "v7")
+    assert arm.layers[0].digest in {i.digest for i in metadata.content.list("arm")}
+    await pull(ref, resolver=resolver, metadata=metadata, namespace="all",
+               options=PullOptions(all_platforms=True))
+    assert set(image.blobs) <= {i.digest for i in metadata.content.list("all")}
+
+
+async def test_resume_after_truncation_and_reject_corruption(registry: Registry, metadata: Metadata,
+                                                             resolver: Resolver) -> None:
+    image = busybox_image(2)
+    await push(registry.host, "test/faulty", "1", image)
+    async with RegistryFront(registry) as front:
+        layer = image.layers[0]
+        front.truncate_blob(layer.digest, layer.size // 2)
+        await pull(f"{front.host}/test/faulty:1", resolver=resolver, metadata=metadata,
+                   namespace="default")
+        ranged = [r for r in front.seen(rf"/blobs/{layer.digest}") if "range" in
+                  {k.lower() for k in r.headers}]
+        assert ranged, "the broken download was resumed with a Range request"
+        assert metadata.content.has("default", layer.digest)
+        # a blob no namespace has yet, served with wrong bytes: refused, nothing named
+        other = busybox_image(3)
+        await push(registry.host, "test/faulty", "2", other)
+        assert not metadata.content.local.exists(other.layers[2].digest)
+        front.corrupt_blob(other.layers[2].digest)
+        with pytest.raises(FailedPrecondition):
+            await pull(f"{front.host}/test/faulty:2", resolver=resolver, metadata=metadata,
+                       namespace="corrupt")
+        assert metadata.images.list("corrupt") == []
+        assert not metadata.content.local.exists(other.layers[2].digest)
+
+
+async def test_registry_errors(registry: Registry, metadata: Metadata, resolver: Resolver) -> None:
+    with pytest.raises(NotFound):
+        await pull(f"{registry.host}/test/none:1", resolver=resolver, metadata=metadata,
+                   namespace="default")
+    image = busybox_image()
+    await push(registry.host, "test/e500", "1", image)
+    async with RegistryFront(registry) as front:
+        front.fail(r"/v2/test/e500/blobs/", 500, times=100)
+        with pytest.raises(Unavailable):
+            await pull(f"{front.host}/test/e500:1", resolver=resolver, metadata=metadata,
+                       namespace="default")
+    assert metadata.images.list("default") == []
