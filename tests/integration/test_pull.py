@@ -116,3 +116,36 @@ async def test_registry_errors(registry: Registry, metadata: Metadata, resolver:
             await pull(f"{front.host}/test/e500:1", resolver=resolver, metadata=metadata,
                        namespace="default")
     assert metadata.images.list("default") == []
+
+
+async def test_limits_leave_the_store_unchanged(registry: Registry, metadata: Metadata) -> None:
+    import json
+
+    from aiocontainerd.errors import InvalidArgument
+    from aiocontainerd.remotes import Limits
+    from tests.support.client import RegistryClient
+    from tests.support.images import Blob
+
+    image = busybox_image()
+    await push(registry.host, "test/base", "1", image)
+    layer = image.layers[0].descriptor()
+    # a manifest listing 10,000 layers (the same blob over and over, which the registry accepts)
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": image.config.descriptor(), "layers": [layer] * 10_000}).encode()
+    client = RegistryClient(registry.host)
+    try:
+        await client.push_manifest("test/base", "huge",
+                                   Blob.of("application/vnd.oci.image.manifest.v1+json", body))
+    finally:
+        await client.close()
+    async with Resolver(Hosts(plain_http=True)) as resolver:
+        with pytest.raises(InvalidArgument, match="10000 layers"):
+            await pull(f"{registry.host}/test/base:huge", resolver=resolver, metadata=metadata,
+                       namespace="default")
+    async with Resolver(Hosts(plain_http=True), limits=Limits(max_manifest_size=200)) as small:
+        with pytest.raises(InvalidArgument, match="limit"):
+            await pull(f"{registry.host}/test/base:1", resolver=small, metadata=metadata,
+                       namespace="default")
+    assert metadata.images.list("default") == []
+    await metadata.collect()
+    assert on_disk(metadata) == set()
