@@ -399,6 +399,39 @@ async def test_push_short_content(fake: Fake) -> None:
     async with resolver_for(fake.registry_host()) as r:
         with pytest.raises(InvalidArgument, match="descriptor says"):
             await r.pusher(f"{fake.host}/app:v1").push(BLOB_DESC, BLOB[:-1])
+    assert fake.seen == []  # refused before any request
+
+
+@pytest.mark.parametrize("chunk_size", [1 << 20, 4096], ids=["monolithic", "chunked"])
+@pytest.mark.parametrize(("data", "message"), [(BLOB[:5000], "ended after 5000 bytes"),
+                                               (BLOB + b"!", "longer than the descriptor's")])
+@pytest.mark.parametrize("reopenable", [False, True])
+async def test_streamed_content_must_fit_the_descriptor(fake: Fake, chunk_size: int, data: bytes,
+                                                        message: str, reopenable: bool) -> None:
+    completed: list[int] = []
+
+    async def start(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=202, headers={"Location": "/v2/app/blobs/uploads/x"})
+
+    async def upload(request: web.Request) -> web.StreamResponse:
+        body = await request.read()  # an aborted body never gets here whole
+        completed.append(len(body))
+        return web.Response(status=202 if request.method == "PATCH" else 201,
+                            headers={"Location": "/v2/app/blobs/uploads/x"})
+
+    async def chunks(offset: int = 0) -> AsyncIterator[bytes]:
+        for i in range(offset, len(data), 1000):
+            yield data[i:i + 1000]
+
+    fake.on("POST", "/v2/app/blobs/uploads/", start)
+    for method in ("PATCH", "PUT"):
+        fake.on(method, "/v2/app/blobs/uploads/x", upload)
+    fake.on("DELETE", "/v2/app/blobs/uploads/x", serve(b"", "", status=204))
+    async with resolver_for(fake.registry_host(), chunk_size=chunk_size) as r:
+        with pytest.raises(InvalidArgument, match=message):
+            await r.pusher(f"{fake.host}/app:v1").push(BLOB_DESC, chunks if reopenable else chunks())
+    assert sum(completed) < len(BLOB)  # the registry never received a whole blob
+    assert fake.seen[-1][0] == "DELETE"
 
 
 async def test_push_manifest_by_tag_or_digest(fake: Fake) -> None:

@@ -268,6 +268,9 @@ class Transport:
             try:
                 resp = await self._once(req, url, data)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                own = _own_error(e)
+                if own is not None:  # raised by our request body (content does not fit its descriptor)
+                    raise own from None
                 if (req.host.http_fallback and req.host.host not in self._plain_http
                         and url.startswith("https://") and _is_tls_mismatch(e)):
                     log.info("host does not speak TLS, using plain http",
@@ -308,6 +311,18 @@ class Transport:
                 await asyncio.sleep(_retry_after(resp, attempts))
                 continue
             return resp
+
+
+def _own_error(e: BaseException) -> ContainerdError | None:
+    """A core error that aiohttp wrapped while sending a request body, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ContainerdError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _retry_after(resp: aiohttp.ClientResponse, attempt: int) -> float:

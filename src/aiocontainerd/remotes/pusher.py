@@ -44,7 +44,7 @@ import hashlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import Union
+from typing import TypeAlias
 
 import aiohttp
 
@@ -59,8 +59,8 @@ log = logging.getLogger("aiocontainerd.remotes")
 
 DEFAULT_CHUNK_SIZE = 64 << 20
 DISTRIBUTION_SOURCE_LABEL = "containerd.io/distribution.source"
-Reader = Union[bytes, bytearray, memoryview, AsyncIterable[bytes],  # noqa: UP007 - runtime alias
-               Callable[[int], AsyncIterable[bytes]]]
+Reader: TypeAlias = (bytes | bytearray | memoryview | AsyncIterable[bytes]
+                     | Callable[[int], AsyncIterable[bytes]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,30 +113,46 @@ async def _iterate(reader: Reader, offset: int = 0) -> AsyncIterator[bytes]:
             yield bytes(chunk)
 
 
-class _Counted:
-    """An async iterable over a reader that counts what it yields (one pass)."""
+class _Content:
+    """One pass over a reader, cut into request bodies of exact sizes, counting what went out.
 
-    def __init__(self, source: AsyncIterator[bytes]) -> None:
-        self.source = source
+    A body that would come out short, or (for the final one) with bytes left over,
+    raises InvalidArgument inside the request, which aborts it before the
+    registry sees a complete body.
+    """
+
+    def __init__(self, reader: Reader, desc: Descriptor) -> None:
+        self.source = _iterate(reader).__aiter__()
+        self.desc = desc
         self.count = 0
         self._pending = b""
 
-    async def take(self, limit: int | None = None) -> AsyncIterator[bytes]:
-        """Yield up to ``limit`` bytes (all when ``None``), keeping any excess for the next call."""
+    async def _next(self) -> bytes:
+        if self._pending:
+            chunk, self._pending = self._pending, b""
+            return chunk
+        async for chunk in self.source:
+            if chunk:
+                return chunk
+        return b""
+
+    async def take(self, limit: int, final: bool = False) -> AsyncIterator[bytes]:
+        """Yield exactly ``limit`` bytes; with ``final``, insist the content ends there."""
         left = limit
-        while left is None or left > 0:
-            if self._pending:
-                chunk, self._pending = self._pending, b""
-            else:
-                try:
-                    chunk = await anext(self.source)
-                except StopAsyncIteration:
-                    return
-            if left is not None and len(chunk) > left:
+        while left > 0:
+            chunk = await self._next()
+            if not chunk:
+                raise InvalidArgument(f"content of {self.desc.digest} ended after {self.count} bytes, "
+                                      f"the descriptor says {self.desc.size}")
+            if len(chunk) > left:
                 chunk, self._pending = chunk[:left], chunk[left:]
+            left -= len(chunk)
+            if left == 0 and final:
+                self._pending = self._pending or await self._next()
+                if self._pending:
+                    raise InvalidArgument(f"content of {self.desc.digest} is longer than the "
+                                          f"descriptor's {self.desc.size} bytes")
             self.count += len(chunk)
-            if left is not None:
-                left -= len(chunk)
             yield chunk
 
 
@@ -303,24 +319,21 @@ class Pusher:
         put.headers["Content-Type"] = "application/octet-stream"
         put.headers["Content-Length"] = str(desc.size)
         if isinstance(reader, bytes | bytearray | memoryview):
-            if len(reader) != desc.size:
-                raise InvalidArgument(f"blob content is {len(reader)} bytes, descriptor says {desc.size}")
             resp = await self.repo.transport.send(put, bytes(reader))
-            sent = desc.size
-        elif callable(reader):
-            counters: list[_Counted] = []
+            sent = len(reader)
+        elif callable(reader):  # re-openable: the request may be repeated (auth, transient errors)
+            passes: list[_Content] = []
 
             def body() -> AsyncIterable[bytes]:
-                counted = _Counted(_iterate(reader).__aiter__())
-                counters.append(counted)
-                return counted.take(desc.size + 1)
+                passes.append(_Content(reader, desc))
+                return passes[-1].take(desc.size, final=True)
 
             resp = await self.repo.transport.send(put, body)
-            sent = counters[-1].count if counters else 0
+            sent = passes[-1].count if passes else 0
         else:
-            counted = _Counted(_iterate(reader).__aiter__())
-            resp = await self.repo.transport.send(put, counted.take(desc.size + 1))
-            sent = counted.count
+            content = _Content(reader, desc)
+            resp = await self.repo.transport.send(put, content.take(desc.size, final=True))
+            sent = content.count
         return await self._finish(resp, desc, sent, location)
 
     async def _finish(self, resp: aiohttp.ClientResponse, desc: Descriptor, sent: int,
@@ -335,7 +348,7 @@ class Pusher:
 
     async def _upload_chunked(self, host: RegistryHost, desc: Descriptor, reader: Reader, location: str,
                               chunk_size: int) -> PushResult:
-        counted = _Counted(_iterate(reader).__aiter__())
+        content = _Content(reader, desc)
         offset = 0
         while offset < desc.size:
             n = min(chunk_size, desc.size - offset)
@@ -343,25 +356,17 @@ class Pusher:
             patch.headers["Content-Type"] = "application/octet-stream"
             patch.headers["Content-Range"] = f"{offset}-{offset + n - 1}"
             patch.headers["Content-Length"] = str(n)
-            before = counted.count
-            resp = await self.repo.transport.send(patch, counted.take(n))
-            if counted.count - before != n:
-                resp.release()
-                raise InvalidArgument(f"blob {desc.digest}: content ended at {counted.count} bytes, "
-                                      f"descriptor says {desc.size}")
+            resp = await self.repo.transport.send(patch, content.take(n, final=offset + n == desc.size))
             if resp.status not in (202, 204):
                 raise await status_error(resp, action="push", what=f"upload {sanitize(location)}")
             resp.release()
             if resp.headers.get("Location"):
                 location = self._location(host, resp)
             offset += n
-        async for _extra in counted.take(1):
-            raise InvalidArgument(f"blob {desc.digest}: content is longer than the descriptor's "
-                                  f"{desc.size} bytes")
         put = self._upload_request(host, "PUT", with_query(location, [("digest", desc.digest)]))
         put.headers["Content-Length"] = "0"
         resp = await self.repo.transport.send(put, b"")
-        return await self._finish(resp, desc, counted.count, location)
+        return await self._finish(resp, desc, content.count, location)
 
     async def _cancel(self, host: RegistryHost, location: str) -> None:
         """Best-effort ``DELETE`` of an upload session."""
