@@ -12,7 +12,7 @@ from grpclib.exceptions import GRPCError
 
 from aiocontainerd import Client, Daemon, builtins
 from aiocontainerd.api.containerd.services.containers import v1 as containers_api
-from aiocontainerd.api.containerd.services.snapshots import v1 as snapshots_api
+from aiocontainerd.api.containerd.services.tasks import v1 as tasks_api
 from aiocontainerd.api.google import protobuf as pb
 from aiocontainerd.api.grpc.health import v1 as health_api
 from aiocontainerd.config import MetricsConfig
@@ -84,10 +84,9 @@ async def test_invalid_namespace_header_is_invalid_argument(client: Client) -> N
 
 
 async def test_unimplemented_service_answers_unimplemented(client: Client) -> None:
-    stub = snapshots_api.SnapshotsStub(client._channel)
+    stub = tasks_api.TasksStub(client._channel)
     with pytest.raises(GRPCError) as e:
-        async for _ in stub.list(snapshots_api.ListSnapshotsRequest(snapshotter="overlayfs")):
-            pass
+        await stub.list(tasks_api.ListTasksRequest())
     assert e.value.status == Status.UNIMPLEMENTED
 
 

@@ -14,10 +14,14 @@ References followed from a marked object:
   ``containerd.io/gc.ref.snapshot.<snapshotter>`` (a snapshot key) and
   ``containerd.io/gc.ref.image`` (an image name) on images, containers and content.
 
-Sweep: unmarked content references, unmarked ingests (unless a live writer
-holds them), and expired leases are deleted in one write transaction; then
-blobs no namespace references any more are deleted from disk. Snapshots are
-marked already; they are swept once snapshotters land. The collection holds
+Snapshots referenced are kept with their parents; a snapshot labelled
+``containerd.io/gc.root`` is a root.
+
+Sweep: unmarked content references, snapshot records, unmarked ingests
+(unless a live writer holds them), and expired leases are deleted in one write
+transaction; then blobs no namespace references any more are deleted from
+disk, and each snapshotter's backend snapshots no record refers to are removed
+(children first). The collection holds
 the content store's commit lock, so a blob committed meanwhile is never
 collected, and a blob held by a lease or being written never is either.
 """
@@ -29,11 +33,12 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..types import Descriptor
 from .content import ContentStore
 from .db import SEP, MetadataDB, Txn
+from .snapshots import NamespacedSnapshotter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class GCStats:
     images: int = 0
     blobs: int = 0
     bytes: int = 0
+    snapshots: int = 0
+    backend_snapshots: int = 0
     seconds: float = 0.0
 
 
@@ -134,6 +141,10 @@ def mark(txn: Txn, now: datetime.datetime) -> tuple[set[Node], list[tuple[str, s
         if GC_ROOT in blob["labels"]:
             ns, digest = _split(k)
             root(("content", ns, digest))
+    for k, snap in txn.scan("snapshots"):
+        if GC_ROOT in snap["labels"]:
+            ns, rest = _split(k)
+            root(("snapshot", ns, rest.replace(SEP, "/", 1)))
 
     while pending:
         kind, ns, id_ = pending.pop()
@@ -147,6 +158,14 @@ def mark(txn: Txn, now: datetime.datetime) -> tuple[set[Node], list[tuple[str, s
         elif kind == "content":
             blob = txn.get("content", (ns + SEP + id_).encode())
             labels = blob["labels"] if blob else {}
+        elif kind == "snapshot":
+            snapshotter, _, name = id_.partition("/")
+            snap = txn.get("snapshots", (ns + SEP + snapshotter + SEP + name).encode())
+            if snap is None:
+                continue
+            if snap["parent"]:
+                root(("snapshot", ns, f"{snapshotter}/{snap['parent']}"))
+            labels = snap["labels"]
         for node in label_refs(ns, labels):
             root(node)
     return live, expired_leases
@@ -155,9 +174,11 @@ def mark(txn: Txn, now: datetime.datetime) -> tuple[set[Node], list[tuple[str, s
 class GarbageCollector:
     """Collects one metadata store and its content store (see the module doc)."""
 
-    def __init__(self, db: MetadataDB, content: ContentStore) -> None:
+    def __init__(self, db: MetadataDB, content: ContentStore,
+                 snapshotters: Mapping[str, NamespacedSnapshotter] | None = None) -> None:
         self._db = db
         self._content = content
+        self._snapshotters = snapshotters or {}
         self._lock = asyncio.Lock()
 
     def _sweep(self, txn: Txn) -> tuple[GCStats, set[str]]:
@@ -183,6 +204,11 @@ class GarbageCollector:
             else:
                 txn.delete("content", k)
                 stats.content += 1
+        for k, _ in list(txn.scan("snapshots")):
+            ns, rest = _split(k)
+            if ("snapshot", ns, rest.replace(SEP, "/", 1)) not in live:
+                txn.delete("snapshots", k)
+                stats.snapshots += 1
         for k, _ in list(txn.scan("ingests")):
             ns, ref = _split(k)
             if ("ingest", ns, ref) not in live \
@@ -212,6 +238,11 @@ class GarbageCollector:
                         continue
                     stats.blobs += 1
                     stats.bytes += blob.size
+            for sn in self._snapshotters.values():
+                try:
+                    stats.backend_snapshots += await sn.collect()
+                except Exception:
+                    log.exception("snapshot collection failed", extra={"fields": {"snapshotter": sn.name}})
             stats.seconds = time.perf_counter() - started
         log.info("garbage collected", extra={"fields": dataclasses.asdict(stats)})
         return stats

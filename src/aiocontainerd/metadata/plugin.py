@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..content import LocalStore
-from ..plugin import CONTENT, METADATA, InitContext, Registration
+from ..plugin import CONTENT, METADATA, SNAPSHOTTER, InitContext, Registration
+from ..snapshots import Snapshotter
 from .containers import ContainerStore
 from .content import ContentStore
 from .db import DEFAULT_MAP_SIZE, MetadataDB
 from .images import ImageStore
 from .leases import LeaseStore
 from .namespaces import NamespaceStore
+from .snapshots import NamespacedSnapshotter
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -42,9 +45,13 @@ class Metadata:
     are reported to it.
     """
 
-    def __init__(self, db: MetadataDB, local: LocalStore) -> None:
+    def __init__(self, db: MetadataDB, local: LocalStore,
+                 snapshotters: Mapping[str, Snapshotter] | None = None) -> None:
         self.db = db
         self.scheduler: Scheduler | None = None
+        #: every backend snapshotter, namespaced, by name (``overlayfs``, ``native``, ...)
+        self.snapshotters = {name: NamespacedSnapshotter(name, backend, db, on_delete=self.deleted)
+                             for name, backend in (snapshotters or {}).items()}
         self.namespaces = NamespaceStore(db)
         self.containers = ContainerStore(db, on_delete=self.deleted)
         self.content = ContentStore(db, local, on_delete=self.deleted)
@@ -68,10 +75,11 @@ class Metadata:
 async def _init(ctx: InitContext) -> Metadata:
     config: LMDBConfig = ctx.config
     local = ctx.get(CONTENT)
-    return Metadata(MetadataDB.open(ctx.root, map_size=config.map_size), local)
+    return Metadata(MetadataDB.open(ctx.root, map_size=config.map_size), local,
+                    ctx.get_all(SNAPSHOTTER))
 
 
-PLUGIN = Registration(METADATA, "lmdb", _init, requires=(CONTENT,), config=LMDBConfig)
+PLUGIN = Registration(METADATA, "lmdb", _init, requires=(CONTENT, SNAPSHOTTER), config=LMDBConfig)
 
 
 async def _init_content(ctx: InitContext) -> LocalStore:

@@ -95,7 +95,8 @@ async def _init(ctx: InitContext) -> Scheduler:
     for name in ("schedule_delay", "startup_delay"):
         parse_duration(getattr(config, name))
     metadata = ctx.get(METADATA)
-    scheduler = Scheduler(GarbageCollector(metadata.db, metadata.content), config)
+    scheduler = Scheduler(GarbageCollector(metadata.db, metadata.content, metadata.snapshotters),
+                          config)
     metadata.scheduler = scheduler
     return scheduler
 
