@@ -19,7 +19,31 @@ How a run goes (see /work/shared/BENCHMARKING.md for why):
   real ``ctr`` through :meth:`~tests.bench.daemons.Running.ctr`);
 * the table and ``tests/bench/results/latest.json`` (git-ignored) give per
   scenario the median (and other stats a scenario asks for) of each daemon and
-  the ratio aiocontainerd/containerd: below 1 means aiocontainerd is better.
+  the ratio aiocontainerd/containerd: below 1 means aiocontainerd is better,
+  except on rows marked "higher is better" (throughputs, MB/s), where above 1
+  means aiocontainerd is better;
+* what the whole series shares is set up once before the warm-up and torn down
+  after the last round (:mod:`tests.bench.fixtures`): today a real
+  ``docker-registry`` on loopback holding a 500 MiB, 7-layer gzip image (built
+  once, cached in ``tests/bench/results/cache/``), started only when a selected
+  scenario needs it.
+
+The pull scenarios (``--only fetch``; each run a fresh daemon that downloads
+all ~317 MB compressed from that registry), three rows each from one
+measurement: seconds (median, p90), MB/s = compressed bytes / seconds (median,
+p10 = the slow tail; higher is better) and the daemon's peak VmRSS sampled
+every 50 ms during the fetch (median, max):
+
+* ``fetch 500 MB image, ctr content fetch``: the real ``ctr --debug content
+  fetch --plain-http`` on both daemons (``--debug`` turns the progress display
+  off, which rounds each fetch up to its 100 ms ticker and polls the daemon);
+  ctr downloads, the daemon stores through Content.Write (1 MiB messages, one
+  round trip each);
+* ``fetch 500 MB image, daemon-side pull [containerd: ctr fetch]``:
+  aiocontainerd pulls itself (``Client.images.pull`` if the client has it, else
+  a raw Transfer.Transfer call OCIRegistry -> ImageStore without unpack; n/a if
+  neither exists); containerd 1.6 has no Transfer service, so its column is its
+  fastest equivalent, ``ctr content fetch``.
 
 Adding a scenario (in :mod:`tests.bench.scenarios`)::
 
@@ -32,9 +56,15 @@ Adding a scenario (in :mod:`tests.bench.scenarios`)::
     SCENARIOS.append(Scenario("pull busybox", "s", pull_busybox, group="images"))
 
 A scenario is an ``async`` function given the :class:`~tests.bench.daemons.Running`
-daemon (address, pid, folders, the time it answered, a client) that returns one
-sample (a float in ``unit``), or raises :class:`~tests.bench.scenarios.Unsupported`
-when that daemon cannot do it yet (shown as ``n/a``). Scenarios with the same
+daemon (address, pid, folders, the time it answered, a client, ``fixtures``)
+that returns one sample (a float in ``unit``), or raises
+:class:`~tests.bench.scenarios.Unsupported` when that daemon cannot do it yet
+(shown as ``n/a``). ``needs`` names the session fixtures it uses
+(``run.fixtures``). One measurement can give several rows: the scenario stores
+the extra values in ``run.recorded`` and later scenarios of its group with
+``derived_from=<its name>`` return them (``higher_is_better=True`` marks a
+throughput row); :class:`~tests.bench.daemons.PeakRSS` samples a daemon's
+memory while a block runs. Scenarios with the same
 ``group`` share one daemon start per run and run in list order, so put a
 scenario that needs an untouched daemon in a group of its own. ``stats``
 chooses the rows it gets (``median``, ``p90``, ``p99``, ``mean``, ``min``,

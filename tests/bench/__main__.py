@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import daemons, report, runner
+from . import daemons, fixtures, report, runner
 from .scenarios import SCENARIOS, Scenario
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
@@ -44,17 +44,23 @@ async def _bench(args: argparse.Namespace, scenarios: list[Scenario]) -> dict[st
                               args.warmup, args.keep)
 
 
+def select(only: list[str]) -> list[Scenario]:
+    """Scenarios whose name contains one of ``only`` (all if empty), plus those they derive from."""
+    chosen = {s.name for s in SCENARIOS if not only or any(t.lower() in s.name.lower() for t in only)}
+    chosen |= {s.derived_from for s in SCENARIOS if s.name in chosen and s.derived_from}
+    return [s for s in SCENARIOS if s.name in chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run, print, write; 0 on success, 1 when a daemon failed."""
+    """Run, print, write; 0 on success, 1 when a daemon or a fixture failed."""
     args = parse_args(argv)
-    scenarios = [s for s in SCENARIOS
-                 if not args.only or any(t.lower() in s.name.lower() for t in args.only)]
+    scenarios = select(args.only)
     if not scenarios:
         print(f"no scenario matches {args.only}; have: {[s.name for s in SCENARIOS]}", file=sys.stderr)
         return 2
     try:
         doc = asyncio.run(_bench(args, scenarios))
-    except daemons.DaemonError as e:
+    except (daemons.DaemonError, fixtures.FixtureError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -67,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {w}", file=sys.stderr)
     print()
     print(report.table(table_rows))
-    print(f"\n{doc['runs']} runs, {doc['order']}; ratio = {doc['ratio']}; below 1 is better.")
+    print(f"\n{doc['runs']} runs, {doc['order']}; ratio = {doc['ratio']}; below 1 is better, "
+          f"except in rows marked '{report.HIGHER}' (throughputs: above 1 is better there).")
+    large = doc["fixtures"].get("large_image")
+    if large:
+        print(f"fetch rows: {large['ref']}, {large['layers']} {large['compression']} layers, "
+              f"{large['compressed_bytes'] / 1e6:.0f} MB compressed ({large['uncompressed_mib']} MiB "
+              "of files); a fresh daemon per run; MB/s = compressed bytes / seconds. "
+              "containerd 1.6 has no Transfer service: its daemon-side pull row is ctr content fetch.")
     for name, d in doc["daemons"].items():
         if d.get("skipped"):
             print(f"{name}: skipped: {d['skipped']}")

@@ -14,8 +14,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiocontainerd import Client
+
+if TYPE_CHECKING:
+    from .fixtures import Fixtures
 
 CONTAINERD = "/usr/bin/containerd"
 POLL_INTERVAL = 0.002  # seconds between connect+Version attempts
@@ -128,6 +132,10 @@ class Running:
     answered_at: float = 0.0  # time.perf_counter() when Version first answered
     version: str = ""
     revision: str = ""
+    #: the series' session fixtures (registry, large image...), set by the runner
+    fixtures: Fixtures | None = None
+    #: values a scenario measured for the scenarios ``derived`` from it (same group, later)
+    recorded: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -319,3 +327,48 @@ def cleanup(folder: Path, keep: bool = False) -> list[str]:
         if folder.exists():
             warnings.append(f"could not delete {folder} entirely")
     return warnings
+
+
+class PeakRSS:
+    """Samples the VmRSS of ``pid`` every ``interval`` seconds while the block runs::
+
+        async with PeakRSS(run.pid) as peak:
+            ...
+        peak.mb  # the largest sample, MB (10^6 bytes)
+
+    A sample is also taken on entry and on exit. A process that has exited
+    stops the sampling (the peak so far stays).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.mb = 0.0
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> bool:
+        try:
+            value = rss_mb(self.pid)
+        except (OSError, DaemonError):
+            return False
+        self.mb = max(self.mb, value)
+        self.samples += 1
+        return True
+
+    async def _loop(self) -> None:
+        while True:  # polling /proc is the point: nothing to wait on
+            if not self._sample():
+                return
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> PeakRSS:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._sample()

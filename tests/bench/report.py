@@ -57,7 +57,7 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             label = r["name"] if s == "median" and len(r["stats"]) == 1 else f"{r['name']}, {s}"
             out.append({"scenario": label, "unit": r["unit"], "stat": s,
                         A: stat(a, s), B: stat(b, s), "ratio": ratio(a, b, s),
-                        "notes": r.get("notes", {})})
+                        "better": r.get("better", "lower"), "notes": r.get("notes", {})})
     return out
 
 
@@ -67,13 +67,17 @@ def _cell(value: float | None, note: str | None) -> str:
     return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+HIGHER = "higher is better"
+
+
 def table(table_rows: list[dict[str, Any]]) -> str:
-    """The table as aligned text."""
+    """The table as aligned text; rows where a higher value is better say so after their unit."""
     head = ["scenario", A, B, "ratio"]
     lines = [head]
     for r in table_rows:
         notes = r["notes"]
-        lines.append([f"{r['scenario']} ({r['unit']})",
+        unit = f"{r['unit']}, {HIGHER}" if r.get("better") == "higher" else r["unit"]
+        lines.append([f"{r['scenario']} ({unit})",
                       _cell(r[A], notes.get(A)), _cell(r[B], notes.get(B)),
                       "-" if r["ratio"] is None else f"{r['ratio']:.2f}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

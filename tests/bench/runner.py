@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import daemons
+from . import daemons, fixtures
 from .daemons import Kind, Running
 from .scenarios import Scenario, Unsupported
 
@@ -72,18 +72,24 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
     _say(f"run folders under {session}" + (" (kept)" if keep else " (deleted at the end)"))
     load_before = os.getloadavg()
     live: list[Running] = []
+    needs = set().union(*(s.needs for s in scenarios))
+    fx = fixtures.Fixtures()  # rebound to the provided ones below; once() reads it when called
 
     async def once(kind: Kind, folder: str, index: int, group: list[Scenario]) -> str:
         run = await daemons.start(kind, session / folder, index)
+        run.fixtures = fx
         live.append(run)
         parts = []
+        unsupported: set[str] = set()
         try:
             for s in group:
                 try:
                     value = await s.run(run)
                 except Unsupported as e:
                     notes[s.name][kind.name] = "n/a"
-                    parts.append(f"{s.name}: n/a ({e})")
+                    unsupported.add(s.name)
+                    if s.derived_from not in unsupported:  # said once per measurement
+                        parts.append(f"{s.name}: n/a ({e})")
                     continue
                 samples[s.name][kind.name].append(value)
                 parts.append(f"{value:.1f} {s.unit}")
@@ -95,13 +101,16 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
         return f"{kind.name} " + " ".join(parts)
 
     try:
-        for w in range(warmup):
-            done = [await once(k, f"warmup{w}-{k.name}", -1, []) for k in active]
-            _say(f"warm-up {w + 1}/{warmup}: " + ", ".join(d.split()[0] for d in done) + " started")
-        for name, group in _groups(scenarios).items():
-            for i in range(runs):
-                line = [await once(k, f"{name}-{i:02d}-{k.name}", i, group) for k in active]
-                _say(f"[{name}] run {i + 1}/{runs}: " + " | ".join(line))
+        # session fixtures (registry, large image) first: set up once, torn down after the rounds
+        async with fixtures.provide(needs, session / "fixtures") as fx:
+            for w in range(warmup):
+                done = [await once(k, f"warmup{w}-{k.name}", -1, []) for k in active]
+                _say(f"warm-up {w + 1}/{warmup}: " + ", ".join(d.split()[0] for d in done)
+                     + " started")
+            for name, group in _groups(scenarios).items():
+                for i in range(runs):
+                    line = [await once(k, f"{name}-{i:02d}-{k.name}", i, group) for k in active]
+                    _say(f"[{name}] run {i + 1}/{runs}: " + " | ".join(line))
     finally:
         for run in list(live):  # interrupted, or a daemon failed
             with contextlib.suppress(Exception):
@@ -118,7 +127,9 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
         "ratio": "aiocontainerd/containerd; median rows: median of run-by-run ratios, "
                  "other rows: ratio of the stats",
         "daemons": info,
+        "fixtures": fx.describe(),
         "results": [{"name": s.name, "unit": s.unit, "group": s.group, "stats": list(s.stats),
+                     "better": "higher" if s.higher_is_better else "lower",
                      "samples": samples[s.name], "notes": notes[s.name]} for s in scenarios],
         "warnings": warnings,
         "kept": str(session) if keep else None,

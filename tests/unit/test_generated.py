@@ -60,3 +60,21 @@ def test_field_numbers_on_the_wire() -> None:
     # containerd.events.ContainerCreate: id = 1, image = 2, runtime = 3 {name = 1}
     wire = bytes(ContainerCreate(id="a", image="b", runtime=ContainerCreateRuntime(name="c")))
     assert wire == b"\x0a\x01a\x12\x01b\x1a\x03\x0a\x01c"
+
+
+def test_h2_frame_repr_fix_keeps_the_text() -> None:
+    import binascii
+
+    from hyperframe import frame
+
+    from aiocontainerd.services import h2speed
+
+    def original(data: bytes | None) -> str:
+        if not data:
+            return "None"
+        r = binascii.hexlify(data).decode("ascii")
+        return "<hex:" + (r[:20] + "..." if len(r) > 20 else r) + ">"
+
+    h2speed.apply()
+    for data in (None, b"", b"a", b"0123456789", b"0123456789a", bytes(range(256)) * 64):
+        assert frame._raw_data_repr(data) == original(data)

@@ -29,7 +29,9 @@ from grpclib.exceptions import GRPCError
 
 from ..errors import ContainerdError
 from ..metrics import Metrics
-from . import context
+from . import context, h2speed
+
+h2speed.apply()
 
 log = logging.getLogger(__name__)
 
