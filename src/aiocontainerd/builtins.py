@@ -14,13 +14,16 @@ from .services.images import PLUGIN as IMAGES
 from .services.introspection import PLUGIN as INTROSPECTION
 from .services.leases import PLUGIN as LEASES
 from .services.namespaces import PLUGIN as NAMESPACES
+from .services.snapshots import PLUGIN as SNAPSHOTS
+from .services.transfer import PLUGINS as TRANSFER_PLUGINS
 from .services.version import PLUGIN as VERSION
 
 
 def registrations() -> list[Registration]:
     """Every built-in plugin registration."""
     return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, TRANSFER_LOCAL, VERSION, NAMESPACES,
-            CONTAINERS, CONTENT, IMAGES, LEASES, INTROSPECTION, HEALTH]
+            CONTAINERS, CONTENT, IMAGES, LEASES, SNAPSHOTS, INTROSPECTION, HEALTH,
+            *TRANSFER_PLUGINS]
 
 
 def config_types() -> dict[str, type | None]:

@@ -3,10 +3,17 @@
     actr [--address A] [--namespace N] version
     actr namespaces create NAME [k=v ...] | ls [-q] | label NAME [k=v ...] | rm NAME ...
     actr plugins ls [FILTER ...]
+    actr images pull REF [--platform P]... [--all-platforms] [--plain-http] [--user U[:P]]
+                | push REF [LOCAL] [--platform P]... [--plain-http] [--user U[:P]]
+                | import FILE|- [--base-name B] [--all-platforms] [--platform P]
+                | export FILE|- NAME ... [--platform P]... [--all-platforms]
+                | ls [-q] [FILTER ...] | tag [--force] SRC DST ... | rm [--sync] NAME ...
 
 Defaults: ``--address`` from ``$CONTAINERD_ADDRESS`` or aiocontainerd's socket,
 ``--namespace`` from ``$CONTAINERD_NAMESPACE`` or ``default``.
-Errors print ``actr: <message>`` and exit 1.
+Errors print ``actr: <message>`` and exit 1. Transfers (pull, push, import,
+export) run in the daemon through the Transfer service, as containerd 2.x's
+``ctr`` does; their progress goes to stderr (bars per blob on a terminal).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import Any
 import click
 
 from ..client import Client
+from ..client.images import Progress
 from ..config import DEFAULT_ADDRESS
-from ..errors import ContainerdError
+from ..errors import ContainerdError, NotFound
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -142,6 +150,242 @@ async def plugins_ls(client: Client, filters: tuple[str, ...]) -> None:
     click.echo(f"{'TYPE':<30} {'ID':<22} {'PLATFORMS':<14} STATUS")
     for p in items:
         click.echo(f"{p.type:<30} {p.id:<22} {','.join(p.platforms) or '-':<14} {p.status}")
+
+
+
+# -- images -------------------------------------------------------------------------------------
+
+def human_bytes(n: float) -> str:
+    """Bytes as ctr prints them (``progress.Bytes``): ``714.0 B``, ``2.1 MiB``."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:02.1f} {units[i]}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell plus one space (ctr's tabwriter)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [" ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _display_name(name: str) -> str:
+    """``layer-sha256:<hex>`` as ``layer (<12 hex>)``, as ctr shows blob refs."""
+    parts = []
+    for part in name.split("-"):
+        if part.startswith("sha256:") and len(part) == 71:
+            part = f"({part[7:19]})"
+        parts.append(part)
+    return " ".join(parts)
+
+
+class _ProgressView:
+    """Transfer progress on stderr, with ``rich``: on a terminal, one bar per blob indented
+    under its manifest or index and status lines above; otherwise one line per status and per
+    finished blob."""
+
+    FINAL = ("complete", "already exists", "extracted")
+    HEADERS = ("fetching image content", "pushing content", "pushed content", "saved")
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, TextColumn
+        from rich.progress import Progress as Bars
+
+        self.console = Console(stderr=True, highlight=False)
+        self.live = self.console.is_terminal
+        self.bars = Bars(TextColumn("{task.description}"), TextColumn("{task.fields[event]:<14}"),
+                         BarColumn(bar_width=30), DownloadColumn(binary_units=True),
+                         console=self.console, transient=False, disable=not self.live)
+        self.tasks: dict[str, Any] = {}
+        self.parents: dict[str, tuple[str, ...]] = {}
+        self.roots: set[str] = set()
+
+    def __enter__(self) -> _ProgressView:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def _depth(self, name: str, seen: frozenset[str] = frozenset()) -> int:
+        parents = [p for p in self.parents.get(name, ()) if p in self.parents and p not in seen]
+        if not parents:
+            return 0
+        return 1 + max(self._depth(p, seen | {name}) for p in parents)
+
+    def _label(self, name: str) -> str:
+        label = "  " * self._depth(name) + _display_name(name)
+        return f"{label:<40.40}"
+
+    def __call__(self, p: Progress) -> None:
+        if not p.name:
+            self.console.print(p.event)
+            return
+        if p.event in self.HEADERS or p.desc is None:
+            self.roots.add(p.name)
+            self.console.print(f"{p.name}: {p.event}")
+            return
+        known = p.name in self.parents
+        self.parents[p.name] = tuple(x for x in p.parents if x not in self.roots)
+        final = p.event in self.FINAL
+        if not self.live:
+            if final:
+                self.console.print(f"{self._label(p.name)} {p.event:<14} {human_bytes(p.total)}")
+            return
+        if not known:
+            for name, task in self.tasks.items():  # a parent may arrive after its children
+                self.bars.update(task, description=self._label(name))
+            self.tasks[p.name] = self.bars.add_task(self._label(p.name), total=p.total or None,
+                                                    event=p.event)
+        self.bars.update(self.tasks[p.name], completed=p.total if final else p.progress,
+                         total=p.total or None, event=p.event)
+
+
+def _credentials(user: str | None) -> tuple[str, str] | None:
+    """``--user name[:secret]`` (the secret is asked for when missing), as ctr takes it."""
+    if not user:
+        return None
+    name, sep, secret = user.partition(":")
+    if not sep:
+        secret = click.prompt("Password", hide_input=True, err=True)
+    return name, secret
+
+
+@main.group()
+def images() -> None:
+    """Pull, push, import, export and manage images (done by the daemon)."""
+
+
+main.add_command(images, name="image")
+main.add_command(images, name="i")
+
+
+@images.command("pull")
+@click.argument("ref")
+@click.option("--platform", "platforms", multiple=True, help="Pull content for PLATFORM (repeatable).")
+@click.option("--all-platforms", is_flag=True, help="Pull content for every platform.")
+@click.option("--plain-http", is_flag=True, help="Talk to the registry over plain HTTP.")
+@click.option("--user", "-u", help="Registry credentials, USER[:PASSWORD].")
+@_run
+async def images_pull(client: Client, ref: str, platforms: tuple[str, ...], all_platforms: bool,
+                      plain_http: bool, user: str | None) -> None:
+    """Pull REF into the daemon and print its digest."""
+    if platforms and all_platforms:
+        raise click.UsageError("cannot specify both --platform and --all-platforms")
+    with _ProgressView() as view:
+        image = await client.images.pull(ref, platforms=platforms, all_platforms=all_platforms,
+                                         plain_http=plain_http, credentials=_credentials(user),
+                                         progress=view)
+    click.echo(f"image: {image.name}")
+    click.echo(f"digest: {image.target.digest}")
+
+
+@images.command("push")
+@click.argument("ref")
+@click.argument("local", required=False)
+@click.option("--platform", "platforms", multiple=True, help="Push only PLATFORM's manifests.")
+@click.option("--plain-http", is_flag=True, help="Talk to the registry over plain HTTP.")
+@click.option("--user", "-u", help="Registry credentials, USER[:PASSWORD].")
+@_run
+async def images_push(client: Client, ref: str, local: str | None, platforms: tuple[str, ...],
+                      plain_http: bool, user: str | None) -> None:
+    """Push the image LOCAL (default: REF) to REF."""
+    image = await client.images.get(local or ref)
+    with _ProgressView() as view:
+        await client.images.push(local or ref, ref, platforms=platforms, plain_http=plain_http,
+                                 credentials=_credentials(user), progress=view)
+    click.echo(f"pushed: {ref}")
+    click.echo(f"digest: {image.target.digest}")
+
+
+@images.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="Print only image names.")
+@click.argument("filters", nargs=-1)
+@_run
+async def images_ls(client: Client, quiet: bool, filters: tuple[str, ...]) -> None:
+    """List images, optionally filtered (containerd syntax: name~=busybox)."""
+    items = await client.images.list(filters)
+    if quiet:
+        for image in items:
+            click.echo(image.name)
+        return
+    rows = [["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]]
+    for image in items:
+        try:
+            size = await client.images.size(image)
+        except ContainerdError:
+            size = 0
+        found = await client.images.platforms(image)
+        labels = ",".join(f"{k}={v}" for k, v in sorted(image.labels.items())) or "-"
+        rows.append([image.name, image.target.media_type, image.target.digest, human_bytes(size),
+                     ",".join(found) or "-", labels])
+    for line in _table(rows):
+        click.echo(line)
+
+
+@images.command("tag")
+@click.option("--force", is_flag=True, help="Replace existing images of those names.")
+@click.argument("source")
+@click.argument("targets", nargs=-1, required=True)
+@_run
+async def images_tag(client: Client, force: bool, source: str, targets: tuple[str, ...]) -> None:
+    """Name SOURCE's target TARGET too."""
+    for target in targets:
+        await client.images.tag(source, target, force=force)
+        click.echo(target)
+
+
+@images.command("rm")
+@click.option("--sync", is_flag=True, help="Remove the content the images held before returning.")
+@click.argument("names", nargs=-1, required=True)
+@_run
+async def images_rm(client: Client, sync: bool, names: tuple[str, ...]) -> None:
+    """Remove images by name."""
+    missing = []
+    for name in names:
+        try:
+            await client.images.delete(name, sync=sync)
+        except NotFound:
+            missing.append(name)
+            click.echo(f"actr: {name}: image not found", err=True)
+            continue
+        click.echo(name)
+    if missing:
+        raise SystemExit(1)
+
+
+@images.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--base-name", default="", help="Name tag-only images of the archive BASE-NAME:<tag>.")
+@click.option("--all-platforms", is_flag=True, help="Import content for every platform.")
+@click.option("--platform", default="", help="Import content for PLATFORM.")
+@_run
+async def images_import(client: Client, file: str, base_name: str, all_platforms: bool,
+                        platform: str) -> None:
+    """Import an OCI layout or docker save tar (FILE, or - for stdin)."""
+    source: Any = sys.stdin.buffer if file == "-" else file
+    with _ProgressView() as view:
+        saved = await client.images.import_archive(
+            source, base_name=base_name, all_platforms=all_platforms,
+            platforms=[platform] if platform else (), progress=view)
+    for image in saved:
+        click.echo(f"{image.name} {image.target.digest}")
+
+
+@images.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("names", nargs=-1, required=True)
+@click.option("--platform", "platforms", multiple=True, help="Export PLATFORM's content (repeatable).")
+@click.option("--all-platforms", is_flag=True, help="Export content for every platform.")
+@_run
+async def images_export(client: Client, file: str, names: tuple[str, ...],
+                        platforms: tuple[str, ...], all_platforms: bool) -> None:
+    """Export images as an OCI layout tar to FILE (- for stdout)."""
+    out: Any = sys.stdout.buffer if file == "-" else file
+    await client.images.export_archive(out, names, platforms=platforms, all_platforms=all_platforms)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ from ..config import DEFAULT_ADDRESS
 from ..errors import from_status
 from ..metadata.namespaces import Namespace
 from ..services.context import DEFAULT_NAMESPACE, NAMESPACE_HEADER
+from .images import ClientStream, Images, Progress
 
 T = TypeVar("T")
+__all__ = ["Client", "ClientStream", "Images", "Namespaces", "PluginInfo", "Progress", "ServerInfo",
+           "Version"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,7 @@ class Client:
         self._version = version_api.VersionStub(self._channel, **stub_args)
         self._introspection = introspection_api.IntrospectionStub(self._channel, **stub_args)
         self.namespaces = Namespaces(namespaces_api.NamespacesStub(self._channel, **stub_args))
+        self.images = Images(self._channel, stub_args["metadata"], timeout)
 
     def with_namespace(self, namespace: str) -> Client:
         """A client for ``namespace`` sharing this one's connection (close the original)."""

@@ -107,8 +107,11 @@ class _Importer:
         ref = f"import-{uuid.uuid4().hex}"
         w = await self.content.writer(self.namespace, ref, member.size, expected, self.lease)
         try:
-            while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
-                await w.write(chunk)
+            try:
+                while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
+                    await w.write(chunk)
+            except (tarfile.TarError, EOFError, OSError) as e:
+                raise InvalidArgument(f"archive entry {name}: truncated or corrupt: {e}") from None
             try:
                 digest = (await w.commit(member.size, expected)).digest
             except AlreadyExists:

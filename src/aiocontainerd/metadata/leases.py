@@ -83,7 +83,8 @@ class LeaseStore:
     async def create(self, namespace: str, id_: str, labels: Mapping[str, str] | None = None) -> Lease:
         """Raises InvalidArgument, AlreadyExists."""
         identifiers.validate(namespace)
-        identifiers.validate(id_)
+        if not id_:
+            raise InvalidArgument("lease id must be provided")  # any text, as containerd's
         labels = dict(labels or {})
         identifiers.validate_labels(labels)
         lease = Lease(id_, labels, now_ns())

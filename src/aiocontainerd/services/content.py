@@ -87,15 +87,15 @@ class ContentService(api.ContentBase):
             return
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
-        total, expected = req.total, req.expected
-        writer = await self._store.writer(namespace, req.ref, total, expected, context.lease())
+        ref, total, expected = req.ref, req.total, req.expected
+        writer = await self._store.writer(namespace, ref, total, expected, context.lease())
         try:
             while True:
                 if req.expected:
                     expected = req.expected
                     if self._store.has(namespace, expected):
                         writer.close()
-                        await self._store.abort(namespace, req.ref)
+                        await self._store.abort(namespace, ref)
                         raise GRPCError(Code.ALREADY_EXISTS,
                                         f"blob with expected digest {expected} exists")
                 if req.total > 0:
