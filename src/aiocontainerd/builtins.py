@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .diff.service import PLUGIN as DIFF_SERVICE
 from .images.service import PLUGIN as TRANSFER_LOCAL
 from .metadata.plugin import CONTENT_PLUGIN as CONTENT_LOCAL
 from .metadata.plugin import PLUGIN as METADATA_LMDB
@@ -9,6 +10,7 @@ from .metadata.scheduler import PLUGIN as GC_SCHEDULER
 from .plugin import Registration
 from .services.containers import PLUGIN as CONTAINERS
 from .services.content import PLUGIN as CONTENT
+from .services.diff import PLUGIN as DIFF
 from .services.health import PLUGIN as HEALTH
 from .services.images import PLUGIN as IMAGES
 from .services.introspection import PLUGIN as INTROSPECTION
@@ -17,13 +19,19 @@ from .services.namespaces import PLUGIN as NAMESPACES
 from .services.snapshots import PLUGIN as SNAPSHOTS
 from .services.transfer import PLUGINS as TRANSFER_PLUGINS
 from .services.version import PLUGIN as VERSION
+from .snapshotters.btrfs import PLUGIN as SNAPSHOTTER_BTRFS
+from .snapshotters.devmapper import PLUGIN as SNAPSHOTTER_DEVMAPPER
+from .snapshotters.native import PLUGIN as SNAPSHOTTER_NATIVE
+from .snapshotters.overlay import PLUGIN as SNAPSHOTTER_OVERLAYFS
+from .snapshotters.windows import PLUGIN as SNAPSHOTTER_WINDOWS
 
 
 def registrations() -> list[Registration]:
     """Every built-in plugin registration."""
     return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, TRANSFER_LOCAL, VERSION, NAMESPACES,
             CONTAINERS, CONTENT, IMAGES, LEASES, SNAPSHOTS, INTROSPECTION, HEALTH,
-            *TRANSFER_PLUGINS]
+            *TRANSFER_PLUGINS, SNAPSHOTTER_OVERLAYFS, SNAPSHOTTER_NATIVE, SNAPSHOTTER_BTRFS,
+            SNAPSHOTTER_DEVMAPPER, SNAPSHOTTER_WINDOWS, DIFF_SERVICE, DIFF]
 
 
 def config_types() -> dict[str, type | None]:

@@ -182,12 +182,11 @@ async def test_same_content_as_ctr(daemon_process: DaemonProcess, registry: Regi
     assert set(ours) == set(theirs) == set(image.blobs)
     assert ours == theirs  # sizes, GC reference labels and distribution-source labels alike
 
-    # ctr 1.6's own `images pull` fetches the same, then fails only where it unpacks (no snapshotter)
-    pulled = await ctr(d, "images", "pull", "--plain-http", "--all-platforms", ref, namespace="ctrpull",
-                       check=False)
-    assert pulled.returncode != 0 and "snapshot" in pulled.stderr
+    # ctr 1.6's own `images pull` fetches the same blobs, then unpacks them (which adds
+    # containerd.io/uncompressed and gc.ref.snapshot labels, so compare digests only)
+    await ctr(d, "images", "pull", "--plain-http", "--all-platforms", ref, namespace="ctrpull")
     assert await asyncio.to_thread(images, "ctrpull") == await asyncio.to_thread(images, "actr")
-    assert await asyncio.to_thread(content, "ctrpull") == ours
+    assert set(await asyncio.to_thread(content, "ctrpull")) == set(ours)
 
 
 async def test_ctr_sees_what_actr_imports(daemon_process: DaemonProcess, tmp_short: Path) -> None:

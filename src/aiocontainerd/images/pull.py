@@ -13,7 +13,8 @@ holds everything until the image exists:
    verified, committed with the distribution-source label; blobs already in
    the namespace are kept, blobs stored by another namespace are shared
    without download; non-distributable layers are skipped, as containerd does;
-4. create the image (or move an existing one to the new target).
+4. unpack, if asked, into a snapshotter — layer by layer as each arrives;
+5. create the image (or move an existing one to the new target).
 
 Progress is reported through a callback with one :class:`Progress` per blob
 event. Errors are the remotes' (NotFound, FailedPrecondition, Unavailable,
@@ -52,12 +53,15 @@ DEFAULT_CONCURRENCY = 3
 class PullOptions:
     """``platform``: which manifests of an index to take (default: the host's, best match
     only); ``all_platforms``: every manifest; ``labels``: put on the image;
-    ``max_concurrent``: blobs downloaded at once."""
+    ``max_concurrent``: blobs downloaded at once; ``snapshotter``: unpack there too
+    (the platform's manifest), layer by layer as they arrive."""
 
     platform: platforms.MatchComparer | None = None
     all_platforms: bool = False
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     max_concurrent: int = DEFAULT_CONCURRENCY
+    #: unpack into this snapshotter while downloading ("" : content only)
+    snapshotter: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +140,13 @@ class _Pull:
         self.options = options
         self.progress = progress or (lambda p: None)
         self.matcher = options.platform or platforms.default_matcher()
+        self.arrived: dict[str, asyncio.Event] = {}
+
+    async def ready(self, digest: str) -> None:
+        """Wait until blob ``digest`` is in the store (for a pipelined unpack)."""
+        event = self.arrived.get(digest)
+        if event is not None:
+            await event.wait()
 
     def _labels(self, existing: Mapping[str, str] | None = None) -> dict[str, str]:
         key, repo = self.source
@@ -195,10 +206,12 @@ class _Pull:
         content = self.m.content
         if mt.is_non_distributable(desc.media_type):
             self.progress(Progress(key, desc.digest, desc.media_type, 0, desc.size, "skipped"))
+            self.arrived[desc.digest].set()
             return
         if content.has(self.ns, desc.digest):
             await self._hold(desc.digest)
             self.progress(Progress(key, desc.digest, desc.media_type, desc.size, desc.size, "exists"))
+            self.arrived[desc.digest].set()
             return
         self.progress(Progress(key, desc.digest, desc.media_type, 0, desc.size, "waiting"))
         async with sem:
@@ -218,6 +231,7 @@ class _Pull:
             finally:
                 w.close()
         self.progress(Progress(key, desc.digest, desc.media_type, desc.size, desc.size, "done"))
+        self.arrived[desc.digest].set()
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
@@ -230,8 +244,12 @@ def _first(group: BaseExceptionGroup) -> BaseException:
 
 async def pull(ref: str, *, resolver: Resolver, metadata: Metadata, namespace: str,
                options: PullOptions = PullOptions(),
-               progress: ProgressCallback | None = None) -> Image:
-    """Pull ``ref`` into ``namespace`` (see the module doc); returns the image."""
+               progress: ProgressCallback | None = None, diff: object = None) -> Image:
+    """Pull ``ref`` into ``namespace`` (see the module doc); returns the image.
+
+    With ``options.snapshotter``, ``diff`` (the diff service) unpacks the image
+    while its layers download (see :mod:`.unpack`).
+    """
     name, root = await resolver.resolve(ref)
     parsed = reference.parse(name)
     lease = f"pull-{uuid.uuid4().hex}"
@@ -257,10 +275,17 @@ async def pull(ref: str, *, resolver: Resolver, metadata: Metadata, namespace: s
             body = await job._read(m)
             for kid in rlimits.children(m, body, resolver.limits):
                 blobs.setdefault(kid.digest, kid)
+        job.arrived = {d: asyncio.Event() for d in blobs}
         try:
             async with asyncio.TaskGroup() as tg:  # one failure cancels the other downloads
                 for d in blobs.values():
                     tg.create_task(job.blob(d, sem))
+                if options.snapshotter:
+                    from .unpack import unpack
+
+                    tg.create_task(unpack(root, metadata=metadata, diff=diff,
+                                          snapshotter=options.snapshotter, namespace=namespace,
+                                          lease=lease, matcher=options.platform, ready=job.ready))
         except BaseExceptionGroup as group:
             raise _first(group) from None
         image = Image(name, CoreDescriptor(root.media_type, root.digest, root.size),

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from ..metadata.images import Image
 from ..metadata.plugin import Metadata
-from ..plugin import METADATA, InitContext, Registration
+from ..plugin import METADATA, SERVICE, InitContext, Registration
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported on first use, not at daemon start
     from ..remotes import Resolver
@@ -53,9 +53,11 @@ Credentials = Mapping[str, tuple[str, str]]
 class ImageService:
     """Moves images in and out of one daemon's stores (see the module doc)."""
 
-    def __init__(self, metadata: Metadata, config: TransferConfig) -> None:
+    def __init__(self, metadata: Metadata, config: TransferConfig, diff: object = None) -> None:
         self.metadata = metadata
         self.config = config
+        #: the diff service, for unpacking; None when it did not load
+        self.diff = diff
 
     def resolver(self, credentials: Credentials | None = None, *, plain_http: bool = False) -> Resolver:
         """A resolver with the configured hosts and credentials (request ones first)."""
@@ -74,17 +76,25 @@ class ImageService:
     async def pull(self, namespace: str, ref: str, *, platform_specs: Sequence[str] = (),
                    all_platforms: bool = False, labels: Mapping[str, str] | None = None,
                    credentials: Credentials | None = None, plain_http: bool = False,
-                   progress: Callable[[Progress], None] | None = None) -> Image:
-        """Pull ``ref``; ``platform_specs`` like ``linux/arm64`` (default: the host's)."""
+                   progress: Callable[[Progress], None] | None = None,
+                   snapshotter: str = "") -> Image:
+        """Pull ``ref``; ``platform_specs`` like ``linux/arm64`` (default: the host's).
+
+        ``snapshotter``: also unpack (the requested, else the host's, platform) there.
+        Raises FailedPrecondition when unpacking is asked but no diff service loaded.
+        """
         from ..remotes import platforms
         from .pull import PullOptions, pull
 
         matcher = platforms.matcher_for(list(platform_specs)) if platform_specs else None
+        if snapshotter and self.diff is None:
+            raise FailedPrecondition("cannot unpack: the diff service is not loaded")
         options = PullOptions(platform=matcher, all_platforms=all_platforms, labels=dict(labels or {}),
-                              max_concurrent=self.config.max_concurrent_downloads)
+                              max_concurrent=self.config.max_concurrent_downloads,
+                              snapshotter=snapshotter)
         async with self.resolver(credentials, plain_http=plain_http) as resolver:
             return await pull(ref, resolver=resolver, metadata=self.metadata, namespace=namespace,
-                              options=options, progress=progress)
+                              options=options, progress=progress, diff=self.diff)
 
     async def push(self, namespace: str, name: str, ref: str = "", *,
                    platform_specs: Sequence[str] = (), credentials: Credentials | None = None,
@@ -126,7 +136,8 @@ class ImageService:
 
 
 async def _init(ctx: InitContext) -> ImageService:
-    return ImageService(ctx.get(METADATA), ctx.config)
+    diff = ctx.get_all(SERVICE).get("diff-service")
+    return ImageService(ctx.get(METADATA), ctx.config, diff)
 
 
-PLUGIN = Registration(TRANSFER, "local", _init, requires=(METADATA,), config=TransferConfig)
+PLUGIN = Registration(TRANSFER, "local", _init, requires=(METADATA, SERVICE), config=TransferConfig)
