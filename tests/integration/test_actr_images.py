@@ -166,7 +166,8 @@ async def test_same_content_as_ctr(daemon_process: DaemonProcess, registry: Regi
     await push(registry.host, "test/same", "1", image)
     ref = f"{registry.host}/test/same:1"
     await ctr(d, "content", "fetch", "--plain-http", "--all-platforms", ref, namespace="ctr")
-    await actr(d, "images", "pull", "--plain-http", "--all-platforms", ref, namespace="actr")
+    await actr(d, "images", "pull", "--plain-http", "--all-platforms", "--no-unpack", ref,
+               namespace="actr")
 
     def images(namespace: str) -> list[str]:
         return d.ctr("images", "ls", namespace=namespace).stdout.splitlines()
@@ -202,3 +203,20 @@ async def test_ctr_sees_what_actr_imports(daemon_process: DaemonProcess, tmp_sho
     with tarfile.open(ctr_out) as a, tarfile.open(fileobj=io.BytesIO(ours.stdout)) as b:
         blobs = {n for n in a.getnames() if n.startswith("blobs/sha256/")}
         assert blobs == {n for n in b.getnames() if n.startswith("blobs/sha256/")}
+
+
+async def test_actr_pull_unpacks(daemon_process: DaemonProcess, registry: Registry) -> None:
+    need_ctr()
+    from aiocontainerd.images.unpack import chain_ids
+
+    d = daemon_process
+    image = busybox_image(3)
+    await push(registry.host, "test/unpacked", "1", image)
+    await actr(d, "images", "pull", "--plain-http", f"{registry.host}/test/unpacked:1")
+    chains = chain_ids(list(image.diff_ids))
+    listed = (await ctr(d, "snapshots", "--snapshotter", "overlayfs", "ls")).stdout
+    for chain in chains:
+        assert chain in listed
+    await actr(d, "images", "pull", "--plain-http", "--snapshotter", "native",
+               f"{registry.host}/test/unpacked:1")
+    assert chains[-1] in (await ctr(d, "snapshots", "--snapshotter", "native", "ls")).stdout

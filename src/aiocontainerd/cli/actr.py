@@ -4,6 +4,7 @@
     actr namespaces create NAME [k=v ...] | ls [-q] | label NAME [k=v ...] | rm NAME ...
     actr plugins ls [FILTER ...]
     actr images pull REF [--platform P]... [--all-platforms] [--plain-http] [--user U[:P]]
+                     [--snapshotter S] [--no-unpack]
                 | push REF [LOCAL] [--platform P]... [--plain-http] [--user U[:P]]
                 | import FILE|- [--base-name B] [--all-platforms] [--platform P]
                 | export FILE|- NAME ... [--platform P]... [--all-platforms]
@@ -269,16 +270,19 @@ main.add_command(images, name="i")
 @click.option("--all-platforms", is_flag=True, help="Pull content for every platform.")
 @click.option("--plain-http", is_flag=True, help="Talk to the registry over plain HTTP.")
 @click.option("--user", "-u", help="Registry credentials, USER[:PASSWORD].")
+@click.option("--snapshotter", default="overlayfs", show_default=True,
+              help="Unpack into this snapshotter.")
+@click.option("--no-unpack", is_flag=True, help="Fetch the content only.")
 @_run
 async def images_pull(client: Client, ref: str, platforms: tuple[str, ...], all_platforms: bool,
-                      plain_http: bool, user: str | None) -> None:
-    """Pull REF into the daemon and print its digest."""
+                      plain_http: bool, user: str | None, snapshotter: str, no_unpack: bool) -> None:
+    """Pull REF into the daemon (and unpack it), then print its digest."""
     if platforms and all_platforms:
         raise click.UsageError("cannot specify both --platform and --all-platforms")
     with _ProgressView() as view:
         image = await client.images.pull(ref, platforms=platforms, all_platforms=all_platforms,
                                          plain_http=plain_http, credentials=_credentials(user),
-                                         progress=view)
+                                         progress=view, snapshotter="" if no_unpack else snapshotter)
     click.echo(f"image: {image.name}")
     click.echo(f"digest: {image.target.digest}")
 

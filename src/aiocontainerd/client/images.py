@@ -412,12 +412,15 @@ class Images:
     async def pull(self, ref: str, *, platforms: Sequence[str] = (), all_platforms: bool = False,
                    plain_http: bool = False, credentials: CredentialsSource | None = None,
                    labels: Mapping[str, str] | None = None,
-                   progress: Callable[[Progress], None] | None = None) -> Image:
+                   progress: Callable[[Progress], None] | None = None,
+                   snapshotter: str = "") -> Image:
         """Pull ``ref`` into the daemon; returns the image.
 
         ``platforms`` (``linux/arm64`` …) or ``all_platforms``; by default the
         client's platform, as ``ctr images pull`` does. ``plain_http``: talk to
-        the registry over HTTP.
+        the registry over HTTP. ``snapshotter`` (e.g. ``overlayfs``): also unpack
+        the client's platform there, while the layers download (an ``unpacks``
+        entry of the ImageStore destination, as containerd 2.x's client sends).
         """
         from ..errors import InvalidArgument
         from ..remotes import reference
@@ -438,6 +441,9 @@ class Images:
             auth = await s.auth(credentials) if credentials is not None else ""
             stream = await s.progress(on_event)
             store = tt.ImageStore(name=name, labels=dict(labels or {}), platforms=_platforms(specs))
+            if snapshotter:
+                [here] = _platforms([_default_platform()])
+                store.unpacks = [tt.UnpackConfiguration(platform=here, snapshotter=snapshotter)]
             await s.transfer(_registry(ref, plain_http, auth), store, stream)
         return await self.get(saved[0] if saved else name)
 

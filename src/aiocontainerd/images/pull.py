@@ -62,6 +62,8 @@ class PullOptions:
     max_concurrent: int = DEFAULT_CONCURRENCY
     #: unpack into this snapshotter while downloading ("" : content only)
     snapshotter: str = ""
+    #: which manifest to unpack (default: ``platform``, else the host's)
+    unpack_platform: platforms.MatchComparer | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +287,8 @@ async def pull(ref: str, *, resolver: Resolver, metadata: Metadata, namespace: s
 
                     tg.create_task(unpack(root, metadata=metadata, diff=diff,
                                           snapshotter=options.snapshotter, namespace=namespace,
-                                          lease=lease, matcher=options.platform, ready=job.ready))
+                                          lease=lease, matcher=options.unpack_platform or options.platform,
+                                          ready=job.ready))
         except BaseExceptionGroup as group:
             raise _first(group) from None
         image = Image(name, CoreDescriptor(root.media_type, root.digest, root.size),

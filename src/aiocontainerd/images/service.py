@@ -77,10 +77,11 @@ class ImageService:
                    all_platforms: bool = False, labels: Mapping[str, str] | None = None,
                    credentials: Credentials | None = None, plain_http: bool = False,
                    progress: Callable[[Progress], None] | None = None,
-                   snapshotter: str = "") -> Image:
+                   snapshotter: str = "", unpack_platforms: Sequence[str] = ()) -> Image:
         """Pull ``ref``; ``platform_specs`` like ``linux/arm64`` (default: the host's).
 
-        ``snapshotter``: also unpack (the requested, else the host's, platform) there.
+        ``snapshotter``: also unpack there, for ``unpack_platforms`` (first one; default:
+        the pulled platform, else the host's).
         Raises FailedPrecondition when unpacking is asked but no diff service loaded.
         """
         from ..remotes import platforms
@@ -89,9 +90,11 @@ class ImageService:
         matcher = platforms.matcher_for(list(platform_specs)) if platform_specs else None
         if snapshotter and self.diff is None:
             raise FailedPrecondition("cannot unpack: the diff service is not loaded")
+        unpack_matcher = platforms.matcher_for(list(unpack_platforms)[:1]) if unpack_platforms \
+            else matcher
         options = PullOptions(platform=matcher, all_platforms=all_platforms, labels=dict(labels or {}),
                               max_concurrent=self.config.max_concurrent_downloads,
-                              snapshotter=snapshotter)
+                              snapshotter=snapshotter, unpack_platform=unpack_matcher)
         async with self.resolver(credentials, plain_http=plain_http) as resolver:
             return await pull(ref, resolver=resolver, metadata=self.metadata, namespace=namespace,
                               options=options, progress=progress, diff=self.diff)

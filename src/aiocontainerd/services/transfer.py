@@ -387,9 +387,13 @@ class TransferService(api.TransferBase):
         registry = await self._registry(namespace, src)
         name = str(reference.parse(src.reference))
         described = f"OCI Registry ({src.reference})"
+        snapshotter, unpack_platforms = "", list(_platform_specs(dst.platforms))
         if dst.unpacks:
-            log.info("unpack configuration not supported (no snapshotter), skipping",
-                     extra={"fields": {"image": name}})
+            # one unpack per pull: the first configuration (containerd 2.x's ctr sends one)
+            first = dst.unpacks[0]
+            snapshotter = first.snapshotter or "overlayfs"
+            if first.platform is not None:
+                unpack_platforms = _platform_specs([first.platform])
         tracker = None
         if sender is not None:
             sender.event(f"Resolving from {described}")
@@ -399,7 +403,8 @@ class TransferService(api.TransferBase):
             image = await self.images.pull(
                 namespace, src.reference, platform_specs=_platform_specs(dst.platforms),
                 all_platforms=not dst.platforms, labels=dict(dst.labels),
-                credentials=registry.credentials, plain_http=registry.plain_http, progress=tracker)
+                credentials=registry.credentials, plain_http=registry.plain_http, progress=tracker,
+                snapshotter=snapshotter, unpack_platforms=unpack_platforms)
         finally:
             if tracker is not None:
                 await tracker.aclose()
