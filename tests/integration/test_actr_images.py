@@ -220,3 +220,26 @@ async def test_actr_pull_unpacks(daemon_process: DaemonProcess, registry: Regist
     await actr(d, "images", "pull", "--plain-http", "--snapshotter", "native",
                f"{registry.host}/test/unpacked:1")
     assert chains[-1] in (await ctr(d, "snapshots", "--snapshotter", "native", "ls")).stdout
+
+
+async def test_actr_images_mount_and_unmount(daemon_process: DaemonProcess, registry: Registry,
+                                             tmp_short: Path) -> None:
+    need_ctr()
+    d = daemon_process
+    image = busybox_image(2)
+    await push(registry.host, "test/mountme", "1", image)
+    ref = f"{registry.host}/test/mountme:1"
+    await actr(d, "images", "pull", "--plain-http", ref)
+    target = tmp_short / "mnt"
+    await actr(d, "images", "mount", ref, str(target))
+    try:
+        assert (target / "bin" / "busybox").read_bytes()[:4] == b"\x7fELF"
+        assert "/bin/sh" in {"/" + str(p.relative_to(target)) for p in target.rglob("*")}
+        # held against GC while mounted
+        await ctr(d, "leases", "create", "--id", "gc")
+        await ctr(d, "leases", "rm", "--sync", "gc")
+        assert (target / "bin" / "busybox").exists()
+    finally:
+        await actr(d, "images", "unmount", str(target))
+    assert not any(target.iterdir())
+    assert str(target) not in (await ctr(d, "snapshots", "ls")).stdout

@@ -5,6 +5,7 @@
     actr plugins ls [FILTER ...]
     actr images pull REF [--platform P]... [--all-platforms] [--plain-http] [--user U[:P]]
                      [--snapshotter S] [--no-unpack]
+                | mount REF DIR [--snapshotter S] [--rw] | unmount DIR
                 | push REF [LOCAL] [--platform P]... [--plain-http] [--user U[:P]]
                 | import FILE|- [--base-name B] [--all-platforms] [--platform P]
                 | export FILE|- NAME ... [--platform P]... [--all-platforms]
@@ -21,16 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 
-from ..client import Client
+from ..client import Client, _call
 from ..client.images import Progress
 from ..config import DEFAULT_ADDRESS
 from ..errors import ContainerdError, NotFound
+from ..services.context import NAMESPACE_HEADER
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -285,6 +288,58 @@ async def images_pull(client: Client, ref: str, platforms: tuple[str, ...], all_
                                          progress=view, snapshotter="" if no_unpack else snapshotter)
     click.echo(f"image: {image.name}")
     click.echo(f"digest: {image.target.digest}")
+
+
+@images.command("mount")
+@click.argument("ref")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.option("--snapshotter", default="overlayfs", show_default=True, help="Snapshotter to use.")
+@click.option("--platform", default="", help="Mount this platform's layers (default: the host's).")
+@click.option("--rw", is_flag=True, help="A writable snapshot instead of a read-only view.")
+@_run
+async def images_mount(client: Client, ref: str, target: str, snapshotter: str, platform: str,
+                       rw: bool) -> None:
+    """Mount the unpacked image REF on TARGET (the snapshot key is TARGET's absolute path)."""
+    from ..api.containerd.services.snapshots import v1 as snapshots_api
+    from ..client.images import image_chain_id
+    from ..mount import Mount
+    from ..mount.mounting import mount_all
+
+    target = os.path.abspath(target)  # noqa: ASYNC240 - a CLI, not the daemon's loop
+    chain = await image_chain_id(client.images, ref, platform)
+    stub = snapshots_api.SnapshotsStub(client._channel, metadata={NAMESPACE_HEADER: client.namespace})
+    labels = {"containerd.io/gc.root": "actr images mount"}  # kept until unmount removes it
+    if rw:
+        reply = await _call(stub.prepare(snapshots_api.PrepareSnapshotRequest(
+            snapshotter=snapshotter, key=target, parent=chain, labels=labels)))
+    else:
+        reply = await _call(stub.view(snapshots_api.ViewSnapshotRequest(
+            snapshotter=snapshotter, key=target, parent=chain, labels=labels)))
+    os.makedirs(target, exist_ok=True)
+    mounts = [Mount(m.type, m.source, tuple(m.options), m.target) for m in reply.mounts]
+    try:
+        await mount_all(mounts, target)
+    except OSError:
+        await _call(stub.remove(snapshots_api.RemoveSnapshotRequest(snapshotter=snapshotter, key=target)))
+        raise
+    click.echo(target)
+
+
+@images.command("unmount")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.option("--snapshotter", default="overlayfs", show_default=True, help="Snapshotter used.")
+@_run
+async def images_unmount(client: Client, target: str, snapshotter: str) -> None:
+    """Unmount TARGET and remove its snapshot."""
+    from ..api.containerd.services.snapshots import v1 as snapshots_api
+    from ..mount.mounting import is_mountpoint, unmount
+
+    target = os.path.abspath(target)  # noqa: ASYNC240 - a CLI, not the daemon's loop
+    if is_mountpoint(target):
+        await unmount(target, recursive=True)
+    stub = snapshots_api.SnapshotsStub(client._channel, metadata={NAMESPACE_HEADER: client.namespace})
+    await _call(stub.remove(snapshots_api.RemoveSnapshotRequest(snapshotter=snapshotter, key=target)))
+    click.echo(target)
 
 
 @images.command("push")

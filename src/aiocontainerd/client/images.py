@@ -51,7 +51,7 @@ from ..api.containerd.services.streaming import v1 as streaming_api
 from ..api.containerd.services.transfer import v1 as transfer_api
 from ..api.containerd.types import transfer as tt
 from ..api.google import protobuf as pb
-from ..errors import AlreadyExists, ContainerdError, Unavailable, from_status
+from ..errors import AlreadyExists, ContainerdError, InvalidArgument, NotFound, Unavailable, from_status
 from ..metadata.images import Image
 from ..services.streaming import (
     STREAM_METHOD,
@@ -601,3 +601,49 @@ def _opened(target: str | os.PathLike[str] | IO[bytes], mode: str) -> Any:
             yield f
     else:
         yield target
+
+
+# -- mounting an image's snapshot (actr images mount/unmount) ------------------------------------
+
+async def _read_blob(images: Images, digest: str) -> bytes:
+    chunks = []
+    async for r in images._content.read(content_api.ReadContentRequest(digest=digest)):
+        chunks.append(bytes(r.data))
+    return b"".join(chunks)
+
+
+async def image_chain_id(images: Images, name: str, platform: str = "") -> str:
+    """The chain ID of the top layer of image ``name`` for ``platform`` (default: this host's).
+
+    Raises NotFound (image or content), InvalidArgument (not an image).
+    """
+    import json
+
+    from ..images.unpack import chain_ids
+    from ..remotes import limits, platforms
+    from ..remotes import mediatypes as mt
+    from ..remotes.descriptor import Descriptor
+
+    image = await images.get(name)
+    t = image.target
+    desc = Descriptor(t.media_type, t.digest, t.size)
+    matcher = platforms.matcher_for([platform] if platform else [])
+    while mt.is_index(desc.media_type):
+        kids = [k for k in limits.children(desc, await _call(_read_blob(images, desc.digest)))
+                if k.platform is None or matcher.match(k.platform)]
+        if not kids:
+            raise NotFound(f"image {name} has no manifest for {platform or platforms.default_string()}")
+        with_platform = [k for k in kids if k.platform is not None]
+        if with_platform:
+            best = matcher.sort([k.platform for k in with_platform])[0]
+            desc = next(k for k in with_platform if k.platform == best)
+        else:
+            desc = kids[0]
+    if not mt.is_manifest(desc.media_type):
+        raise InvalidArgument(f"{name}: {desc.media_type} is not an image manifest")
+    config_desc = limits.children(desc, await _call(_read_blob(images, desc.digest)))[0]
+    config = json.loads(await _call(_read_blob(images, config_desc.digest)))
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if not diff_ids:
+        raise InvalidArgument(f"{name}: the image has no layers")
+    return chain_ids(diff_ids)[-1]
