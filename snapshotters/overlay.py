@@ -158,6 +158,9 @@ def _new_dir(path: Path, mode: int) -> None:
 class OverlaySnapshotter(MetaStoreSnapshotter):
     """overlayfs-based snapshotter (see the module doc). Create with :meth:`open`."""
 
+    #: an upper folder holds only its own layer's changes (whiteouts included)
+    layers_independent = True
+
     def __init__(self, root: str | os.PathLike[str], ms: MetaStore, *, options: Sequence[str],
                  upperdir_label: bool, sync_remove: bool) -> None:
         super().__init__(root, ms)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,3 +151,32 @@ async def test_snapshots_commands(daemon_process: DaemonProcess) -> None:
     d.ctr(*sn, "rm", "base")
     assert d.ctr(*sn, "ls").stdout.splitlines()[1:] == []
     target.rmdir()
+
+
+@pytest.mark.parametrize("snapshotter", ["overlayfs", "native"])
+async def test_daemon_side_unpack_matches_the_image(registry: Registry, snapshotter: str) -> None:
+    """actr's pull unpacks in the daemon (overlayfs: all layers at once, committed in order);
+    the result holds exactly the image's files, whiteouts and opaque folders applied."""
+    need_ctr()
+    image = busybox_image(3)
+    await push(registry.host, "test/parallel", "1", image)
+    ref = f"{registry.host}/test/parallel:1"
+    chains = chain_ids(list(image.diff_ids))
+    async with daemon_on(snapshotter) as d:
+        sn = ["snapshots", "--snapshotter", snapshotter]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aiocontainerd.cli.actr", "--address", d.address, "images", "pull",
+            "--plain-http", "--snapshotter", snapshotter, ref, stdout=subprocess.DEVNULL)
+        assert await proc.wait() == 0
+        tree = (await asyncio.to_thread(d.ctr, *sn, "tree")).stdout
+        lines = [line.strip() for line in tree.splitlines() if line.strip()]
+        assert lines == [chains[0]] + ["\\_ " + c for c in chains[1:]], tree
+        await asyncio.to_thread(d.ctr, *sn, "view", "look", chains[-1])
+        target = Path(tempfile.mkdtemp(prefix="aioc-view-", dir="/tmp"))
+        commands = (await asyncio.to_thread(d.ctr, *sn, "mounts", str(target), "look")).stdout
+        subprocess.run(["sh", "-c", commands], check=True)
+        try:
+            assert tree_of(target) == expected_tree(image)
+        finally:
+            subprocess.run(["umount", "-R", str(target)], check=True)
+            target.rmdir()

@@ -858,7 +858,8 @@ async def run_in_thread(fn: Callable[[threading.Event], Any]) -> Any:
 
 
 async def apply(mounts: Sequence[Mount], reader_factory: Callable[[], IO[bytes]], *,
-                sync_fs: bool = False, same_owner: bool = True) -> tuple[str, int]:
+                sync_fs: bool = False, same_owner: bool = True,
+                overlay_upper: bool = False) -> tuple[str, int]:
     """Apply a layer onto ``mounts`` (containerd's ``core/diff/apply``); returns ``(diff_id, size)``.
 
     ``reader_factory()`` is called in the worker thread and returns the
@@ -897,6 +898,10 @@ async def apply(mounts: Sequence[Mount], reader_factory: Callable[[], IO[bytes]]
                 prefix: XattrPrefix = "user" if "userxattr" in split_options(m.options) else "trusted"
                 return await run(upper, whiteouts="overlay", xattr_prefix=prefix, parents=lowers)
         if m.type == "bind" and not m.readonly and not m.target:
+            if overlay_upper and not _running_in_userns():
+                # the source is an overlay upper folder of its own (a parentless overlayfs
+                # snapshot to be committed onto its parent): keep whiteouts as overlay ones
+                return await run(m.source, whiteouts="overlay", xattr_prefix="trusted")
             return await run(m.source)
     from ..mount.mounting import temp_mount
 

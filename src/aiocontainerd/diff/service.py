@@ -70,7 +70,8 @@ class DiffService:
 
     async def apply(self, namespace: str, desc: Descriptor, mounts: Sequence[Mount], *,
                     payloads: Mapping[str, TypedValue] | None = None, sync_fs: bool = False,
-                    expected_diff_id: str = "", same_owner: bool = True) -> Descriptor:
+                    expected_diff_id: str = "", same_owner: bool = True,
+                    overlay_upper: bool = False) -> Descriptor:
         """Apply the layer ``desc`` onto ``mounts``; returns the applied (uncompressed) descriptor.
 
         ``payloads`` are for stream processors (decryption), which this daemon
@@ -95,7 +96,7 @@ class DiffService:
                 raise
 
         diff_id, size = await apply(mounts, open_layer, sync_fs=sync_fs or self.sync_fs,
-                                    same_owner=same_owner)
+                                    same_owner=same_owner, overlay_upper=overlay_upper)
         if expected_diff_id and diff_id != expected_diff_id:
             raise FailedPrecondition(f"wrong diff id {diff_id} calculated on extraction of "
                                      f"{desc.digest}, expected {expected_diff_id}")

@@ -17,14 +17,24 @@ Pipelining: ``ready(digest)`` (optional) is awaited before a layer is
 applied, so a pull can start unpacking layer 1 while later layers are still
 downloading; decompression and extraction run in worker threads (isal and
 zstandard release the GIL).
+
+Parallel layers: on a snapshotter whose snapshots hold only their own changes
+(``layers_independent``: overlayfs), every missing layer is extracted at the
+same time (up to one per CPU) into a parentless active snapshot, with overlay
+whiteouts, and the snapshots are committed in order, each onto the one below
+(``commit(parent=)``). Other snapshotters (native, btrfs: a snapshot contains
+its parent's files) unpack one layer after another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..metadata.content import Info
@@ -101,6 +111,10 @@ async def unpack(target: Descriptor, *, metadata: Metadata, diff: object, snapsh
         raise InvalidArgument(f"image {target.digest}: config lists {len(diff_ids)} diff IDs for "
                               f"{len(layers)} layers")
     chains = chain_ids(diff_ids)
+    if sn.backend.layers_independent and len(layers) > 1:
+        await _unpack_parallel(sn, metadata, namespace, layers, diff_ids, chains, diff, lease, ready)
+        await _label_config(metadata, namespace, config_desc, snapshotter, chains[-1])
+        return chains[-1]
     parent = ""
     for layer, diff_id, chain in zip(layers, diff_ids, chains, strict=True):
         try:
@@ -128,15 +142,76 @@ async def unpack(target: Descriptor, *, metadata: Metadata, diff: object, snapsh
             except NotFound:
                 pass
             raise
-        info = metadata.content.info(namespace, layer.digest)
-        if info.labels.get(UNCOMPRESSED) != diff_id:
-            await metadata.content.update(namespace, Info(layer.digest, layer.size,
-                                                          labels={UNCOMPRESSED: diff_id}),
-                                          [f"labels.{UNCOMPRESSED}"])
+        await _label_layer(metadata, namespace, layer, diff_id)
         parent = chain
     top = chains[-1] if chains else ""
     if top:
-        label = GC_SNAPSHOT + snapshotter
-        await metadata.content.update(namespace, Info(config_desc.digest, config_desc.size,
-                                                      labels={label: top}), [f"labels.{label}"])
+        await _label_config(metadata, namespace, config_desc, snapshotter, top)
     return top
+
+
+async def _label_layer(metadata: Metadata, namespace: str, layer: Descriptor, diff_id: str) -> None:
+    info = metadata.content.info(namespace, layer.digest)
+    if info.labels.get(UNCOMPRESSED) != diff_id:
+        await metadata.content.update(namespace, Info(layer.digest, layer.size,
+                                                      labels={UNCOMPRESSED: diff_id}),
+                                      [f"labels.{UNCOMPRESSED}"])
+
+
+async def _label_config(metadata: Metadata, namespace: str, config: Descriptor, snapshotter: str,
+                        top: str) -> None:
+    label = GC_SNAPSHOT + snapshotter
+    await metadata.content.update(namespace, Info(config.digest, config.size, labels={label: top}),
+                                  [f"labels.{label}"])
+
+
+async def _unpack_parallel(sn: Any, metadata: Metadata, namespace: str, layers: list[Descriptor],
+                           diff_ids: list[str], chains: list[str], diff: Any, lease: str | None,
+                           ready: Callable[[str], Awaitable[None]] | None) -> None:
+    """Extract the missing layers at once into parentless snapshots; commit them in order."""
+    parent, start = "", 0
+    for i, chain in enumerate(chains):  # the chain's existing prefix is kept as it is
+        try:
+            sn.stat(namespace, chain)
+        except NotFound:
+            break
+        parent, start = chain, i + 1
+    todo = range(start, len(layers))
+    if not todo:
+        return
+    slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+    keys: dict[int, str] = {}
+
+    async def extract(i: int) -> None:
+        if ready is not None:
+            await ready(layers[i].digest)
+        async with slots:
+            key = f"extract-{uuid.uuid4().hex[:12]} {chains[i]}"
+            mounts = await sn.prepare(namespace, key, "", None, lease)
+            keys[i] = key
+            await diff.apply(namespace, layers[i], mounts, expected_diff_id=diff_ids[i],
+                             overlay_upper=True)
+
+    tasks = {i: asyncio.ensure_future(extract(i)) for i in todo}
+    committed: set[int] = set()
+    try:
+        for i in todo:
+            await tasks[i]
+            try:
+                await sn.commit(namespace, chains[i], keys[i], lease=lease, parent=parent)
+            except AlreadyExists:  # another pull committed this chain meanwhile
+                await sn.remove(namespace, keys[i])
+            committed.add(i)
+            await _label_layer(metadata, namespace, layers[i], diff_ids[i])
+            parent = chains[i]
+    except BaseException:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for i, key in keys.items():
+            if i not in committed:
+                try:
+                    await sn.remove(namespace, key)
+                except NotFound:
+                    pass
+        raise

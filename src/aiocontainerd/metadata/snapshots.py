@@ -188,8 +188,13 @@ class NamespacedSnapshotter:
         return await self._create(namespace, k, parent, labels, True, lease)
 
     async def commit(self, namespace: str, name: str, k: str,
-                     labels: Mapping[str, str] | None = None, lease: str | None = None) -> None:
-        """Commit active ``k`` as ``name``. Raises NotFound, FailedPrecondition, AlreadyExists."""
+                     labels: Mapping[str, str] | None = None, lease: str | None = None,
+                     parent: str = "") -> None:
+        """Commit active ``k`` as ``name``. Raises NotFound, FailedPrecondition, AlreadyExists.
+
+        ``parent``: put a parentless active snapshot on this committed one as it is
+        committed (backends with ``layers_independent`` only; InvalidArgument otherwise).
+        """
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
         labels = dict(labels or {})
@@ -203,14 +208,29 @@ class NamespacedSnapshotter:
                 raise FailedPrecondition(f"snapshot {k!r} is not active")
             if txn.get("snapshots", self._key(namespace, name)) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
+            if parent:
+                if r["parent"]:
+                    raise InvalidArgument(f"snapshot {k!r} already has parent {r['parent']!r}")
+                p = txn.get("snapshots", self._key(namespace, parent))
+                if p is None:
+                    raise NotFound(f"parent snapshot {parent!r} does not exist")
+                if p["kind"] != Kind.COMMITTED:
+                    raise InvalidArgument(f"parent snapshot {parent!r} is not committed")
+                r = {**r, "parent": parent, "bparent": p["bkey"]}
             seq = int((txn.get("meta", _SEQ) or {"n": 0})["n"]) + 1
             txn.put("meta", _SEQ, {"n": seq})
             return r, f"{namespace}/{seq}/{name}"
 
+        if parent and not self.backend.layers_independent:
+            raise InvalidArgument(f"snapshotter {self.name} cannot commit onto a new parent")
         record, bname = await self._db.update(check)
         merged = {**record["labels"], **labels}
         inherited = {k2: v for k2, v in merged.items() if k2.startswith(INHERITED_PREFIX)}
-        await self.backend.commit(bname, record["bkey"], inherited)
+        if parent:
+            await self.backend.commit(bname, record["bkey"], inherited,  # type: ignore[call-arg]
+                                      parent=record["bparent"])
+        else:
+            await self.backend.commit(bname, record["bkey"], inherited)
 
         def finish(txn: Txn) -> None:
             txn.delete("snapshots", self._key(namespace, k))

@@ -96,6 +96,11 @@ class Snapshotter(abc.ABC):
     """The contract (see the module doc). All methods are coroutines; blocking
     filesystem work runs in threads."""
 
+    #: True when a snapshot's storage holds only its own changes (overlay upper
+    #: folders): an active snapshot prepared without a parent may then be committed
+    #: onto a parent (``commit(..., parent=)``), which lets layers be unpacked in parallel.
+    layers_independent: bool = False
+
     @abc.abstractmethod
     async def stat(self, key: str) -> Info: ...
 

@@ -533,13 +533,20 @@ class MetaStoreSnapshotter(Snapshotter):
             usage = await to_thread(disk_usage, self.usage_path(sid))
         return usage
 
-    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        """Commit active ``key`` as ``name``, measuring its usage first (in a thread)."""
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None, *,
+                     parent: str = "") -> None:
+        """Commit active ``key`` as ``name``, measuring its usage first (in a thread).
+
+        ``parent``: for a snapshotter with ``layers_independent``, put a parentless
+        active snapshot on ``parent`` as it is committed (InvalidArgument otherwise).
+        """
+        if parent and not self.layers_independent:
+            raise InvalidArgument(f"{type(self).__name__} cannot commit onto a new parent")
         sid, info, _ = self.ms.get_info(key)
         usage = Usage()
         if info.kind == Kind.ACTIVE:
             usage = await to_thread(disk_usage, self.usage_path(sid))
-        await self.ms.commit_active(key, name, usage, labels)
+        await self.ms.commit_active(key, name, usage, labels, parent=parent)
 
     async def remove(self, key: str) -> None:
         """Remove ``key``'s record (NotFound, FailedPrecondition with children); its
