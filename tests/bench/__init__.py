@@ -24,9 +24,9 @@ How a run goes (see /work/shared/BENCHMARKING.md for why):
   means aiocontainerd is better;
 * what the whole series shares is set up once before the warm-up and torn down
   after the last round (:mod:`tests.bench.fixtures`): today a real
-  ``docker-registry`` on loopback holding a 500 MiB, 7-layer gzip image (built
-  once, cached in ``tests/bench/results/cache/``), started only when a selected
-  scenario needs it.
+  ``docker-registry`` on loopback holding a 500 MiB, 7-layer gzip image and/or
+  a 1.5 GB real-files image in gzip and zstd (built once, cached in
+  ``tests/bench/results/cache/``), started only when a selected scenario needs it.
 
 The pull scenarios (``--only fetch``; each run a fresh daemon that downloads
 all ~317 MB compressed from that registry), three rows each from one
@@ -44,6 +44,29 @@ every 50 ms during the fetch (median, max):
   a raw Transfer.Transfer call OCIRegistry -> ImageStore without unpack; n/a if
   neither exists); containerd 1.6 has no Transfer service, so its column is its
   fastest equivalent, ``ctr content fetch``.
+
+The pull+unpack scenarios (``--only unpack``) use a second image in the same
+registry (fixture ``USR_IMAGE``, :mod:`tests.bench.usrimage`): 7 layers of this
+host's real files (``/usr/bin``, ``/usr/lib/llvm-14``, ... ``/var/lib/dpkg``;
+about 1.57 GB of tar, 52 000 entries), once gzip (level 6) and once zstd
+(level 3), same diff IDs; built once (about a minute) and cached in
+``tests/bench/results/cache/usr-*``. Each run is a fresh daemon that
+downloads and unpacks everything into overlayfs. Four rows per measurement:
+seconds (median, p90), MB/s of *uncompressed* bytes (higher is better),
+daemon peak RSS, and the mounts found under the daemon's folder when the pull
+returned (unmounted then; each daemon's ``TMPDIR`` is its run folder, so its
+temporary apply mounts count too). After the clock stops, every layer's chain
+ID must be a committed snapshot with the layer's inode count (Snapshots.Usage):
+
+* ``pull+unpack 1 GB gzip image, ctr images pull`` and ``... zstd ...``: the
+  real ``ctr --debug images pull --plain-http`` on both daemons (client-side
+  fetch through Content.Write, then per layer Snapshots.Prepare, Diff.Apply,
+  Snapshots.Commit);
+* ``pull+unpack 1 GB gzip image, daemon-side pull [containerd: ctr images pull]``:
+  aiocontainerd pulls and unpacks itself (``Client.images.pull(ref,
+  plain_http=True, snapshotter="overlayfs")``, or the raw Transfer call with
+  an ImageStore ``unpacks`` entry; n/a if the daemon does not unpack);
+  containerd 1.6's column is ``ctr images pull`` again.
 
 Adding a scenario (in :mod:`tests.bench.scenarios`)::
 

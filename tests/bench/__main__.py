@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{large['compressed_bytes'] / 1e6:.0f} MB compressed ({large['uncompressed_mib']} MiB "
               "of files); a fresh daemon per run; MB/s = compressed bytes / seconds. "
               "containerd 1.6 has no Transfer service: its daemon-side pull row is ctr content fetch.")
+    usr = doc["fixtures"].get("usr_image")
+    if usr:
+        sizes = ", ".join(f"{c} {n / 1e6:.0f} MB" for c, n in usr["compressed_bytes"].items())
+        print(f"pull+unpack rows: {', '.join(usr['refs'].values())}: {usr['layers']} layers of this "
+              f"host's files ({usr['entries']} entries, {usr['tar_bytes'] / 1e6:.0f} MB uncompressed "
+              f"tar; {sizes}); a fresh daemon per run, overlayfs; MB/s = uncompressed bytes / seconds; "
+              "every layer checked unpacked (committed snapshot, inode count) after the clock stopped. "
+              "containerd 1.6 has no Transfer service: its daemon-side pull+unpack row is ctr images pull.")
     for name, d in doc["daemons"].items():
         if d.get("skipped"):
             print(f"{name}: skipped: {d['skipped']}")

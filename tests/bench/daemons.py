@@ -191,11 +191,17 @@ def _socket_exists(address: str) -> bool:
 
 def _spawn(argv: list[str], folder: Path) -> tuple[subprocess.Popen[bytes], float]:
     # synchronous on purpose: nothing else runs meanwhile, and the clock starts
-    # right before the fork
+    # right before the fork. TMPDIR is the run folder's own: the temporary mounts
+    # a daemon makes to apply or compare layers (containerd's /tmp/containerd-mount*,
+    # ours aiocontainerd-mount-*) land in its folder, where a left-over one is found
+    # (mounts_under) without touching other users' /tmp.
+    tmp = folder / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp)}
     with open(folder / "daemon.log", "wb") as log:
         spawned_at = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=folder, start_new_session=True)
+                                cwd=folder, env=env, start_new_session=True)
     return proc, spawned_at
 
 

@@ -16,6 +16,15 @@ Known needs:
     The image is built once and cached in ``tests/bench/results/cache/``
     (git-ignored; about 300 MB, reused by later series; delete it to rebuild).
     Scenarios read ``run.fixtures.large_ref`` and ``run.fixtures.large_image``.
+
+``USR_IMAGE``
+    The same registry (started once for both), holding the real-files image of
+    :mod:`tests.bench.usrimage` (this host's ``/usr`` subtrees in 7 layers,
+    about 1.4 GiB of tar) twice: gzip as ``<host>/bench/usr:<layers>l-gzip``
+    and zstd as ``...-zstd``, same diff IDs. Built once and cached in
+    ``tests/bench/results/cache/usr-*`` (about 1 GB for both). Scenarios call
+    ``run.fixtures.usr(compression)`` for (reference, image) and read
+    ``run.fixtures.usr_image`` for the layer statistics.
 """
 
 from __future__ import annotations
@@ -33,14 +42,19 @@ if TYPE_CHECKING:
     from tests.support.images import Image
     from tests.support.registry import Registry
 
+    from .usrimage import UsrImage
+
 CACHE = Path(__file__).parent / "results" / "cache"
 LARGE_IMAGE = "large image in a loopback registry"
-KNOWN = frozenset({LARGE_IMAGE})
+USR_IMAGE = "real-files image (gzip and zstd) in a loopback registry"
+KNOWN = frozenset({LARGE_IMAGE, USR_IMAGE})
+REGISTRY_NEEDS = frozenset({LARGE_IMAGE, USR_IMAGE})
 
 LARGE_MB = 500
 LARGE_LAYERS = 7
 LARGE_REPO = "bench/large"
 LARGE_TAG = f"{LARGE_MB}mb-{LARGE_LAYERS}l-gzip"
+USR_REPO = "bench/usr"
 
 
 class FixtureError(RuntimeError):
@@ -59,6 +73,9 @@ class Fixtures:
     #: the large image (file-backed blobs in the cache) and its reference in ``registry``
     large_image: Image | None = None
     large_ref: str = ""
+    #: the real-files image (both variants, layer statistics) and its reference per compression
+    usr_image: UsrImage | None = None
+    usr_refs: dict[str, str] = dataclasses.field(default_factory=dict)
     #: what setting up took, for the JSON (seconds per step)
     setup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     #: needs that cannot be met on this machine (a tool is not installed) and why;
@@ -73,6 +90,14 @@ class Fixtures:
             raise FixtureError(f"the scenario did not declare needs={{{LARGE_IMAGE!r}}}")
         return self.large_ref, self.large_image
 
+    def usr(self, compression: str) -> tuple[str, Image]:
+        """(reference, image) of the real-files image in ``compression``; FixtureError if not set up."""
+        if USR_IMAGE in self.missing:
+            raise FixtureMissing(self.missing[USR_IMAGE])
+        if self.usr_image is None or compression not in self.usr_refs:
+            raise FixtureError(f"the scenario did not declare needs={{{USR_IMAGE!r}}}")
+        return self.usr_refs[compression], self.usr_image.images[compression]
+
     def describe(self) -> dict[str, object]:
         """For the results document."""
         out: dict[str, object] = {"setup_seconds": {k: round(v, 2) for k, v in self.setup_seconds.items()},
@@ -84,6 +109,8 @@ class Fixtures:
                 "layers": len(self.large_image.layers),
                 "compressed_bytes": sum(b.size for b in blobs),
                 "uncompressed_mib": LARGE_MB, "compression": "gzip"}
+        if self.usr_image is not None:
+            out["usr_image"] = {"refs": dict(self.usr_refs), **self.usr_image.describe()}
         return out
 
 
@@ -99,40 +126,70 @@ async def provide(needs: Iterable[str], folder: Path, cache: Path = CACHE) -> As
     if unknown:
         raise FixtureError(f"unknown fixtures {sorted(unknown)}; known: {sorted(KNOWN)}")
     fx = Fixtures()
-    if not needs:
+    if not needs & REGISTRY_NEEDS:
         yield fx
         return
-    # imported here: the startup scenarios need neither the registry nor the image builder
+    # imported here: the startup scenarios need neither the registry nor the image builders
     from tests.support.images import large_image, push
     from tests.support.registry import Registry, registry_available
 
     if not registry_available():
-        fx.missing[LARGE_IMAGE] = "/usr/bin/docker-registry not found (apt-get install docker-registry)"
-        _say(f"SKIP fetch scenarios: {fx.missing[LARGE_IMAGE]}")
+        for need in needs & REGISTRY_NEEDS:
+            fx.missing[need] = "/usr/bin/docker-registry not found (apt-get install docker-registry)"
+        _say(f"SKIP registry scenarios: {next(iter(fx.missing.values()))}")
         yield fx
         return
-    t0 = time.perf_counter()
-    try:
-        image = await asyncio.to_thread(large_image, cache, total_mb=LARGE_MB, layers=LARGE_LAYERS,
-                                        compression="gzip")
-    except Exception as e:
-        raise FixtureError(f"building the large image in {cache}: {e!r}") from e
-    fx.setup_seconds["build or load large image"] = time.perf_counter() - t0
+    image = None
+    if LARGE_IMAGE in needs:
+        t0 = time.perf_counter()
+        try:
+            image = await asyncio.to_thread(large_image, cache, total_mb=LARGE_MB, layers=LARGE_LAYERS,
+                                            compression="gzip")
+        except Exception as e:
+            raise FixtureError(f"building the large image in {cache}: {e!r}") from e
+        fx.setup_seconds["build or load large image"] = time.perf_counter() - t0
+    usr = None
+    if USR_IMAGE in needs:
+        from .usrimage import UsrImageError, usr_image
+
+        t0 = time.perf_counter()
+        try:
+            usr = await asyncio.to_thread(usr_image, cache, say=_say)
+        except UsrImageError as e:
+            fx.missing[USR_IMAGE] = str(e)
+            _say(f"SKIP real-files image scenarios: {e}")
+        except Exception as e:
+            raise FixtureError(f"building the real-files image in {cache}: {e!r}") from e
+        fx.setup_seconds["build or load real-files image"] = time.perf_counter() - t0
     registry = Registry(folder / "registry")
     try:
         await registry.start()
-        t0 = time.perf_counter()
-        await push(registry.host, LARGE_REPO, LARGE_TAG, image)
-        fx.setup_seconds["push large image"] = time.perf_counter() - t0
+        if image is not None:
+            t0 = time.perf_counter()
+            await push(registry.host, LARGE_REPO, LARGE_TAG, image)
+            fx.setup_seconds["push large image"] = time.perf_counter() - t0
+            fx.large_image = image
+            fx.large_ref = f"{registry.host}/{LARGE_REPO}:{LARGE_TAG}"
+            size = sum(b.size for b in image.blobs.values())
+            _say(f"registry on {registry.host} holds {fx.large_ref} ({size / 1e6:.0f} MB compressed, "
+                 f"{len(image.layers)} layers; pushed in {fx.setup_seconds['push large image']:.1f} s)")
+        if usr is not None:
+            t0 = time.perf_counter()
+            for compression, img in usr.images.items():
+                tag = f"{len(img.layers)}l-{compression}"
+                await push(registry.host, USR_REPO, tag, img)
+                fx.usr_refs[compression] = f"{registry.host}/{USR_REPO}:{tag}"
+            fx.setup_seconds["push real-files image"] = time.perf_counter() - t0
+            fx.usr_image = usr
+            _say(f"registry on {registry.host} holds {', '.join(fx.usr_refs.values())} "
+                 f"({usr.tar_bytes / 1e6:.0f} MB of tar in {len(usr.layers)} layers; "
+                 + ", ".join(f"{c} {usr.compressed_bytes(c) / 1e6:.0f} MB" for c in usr.images)
+                 + f"; pushed in {fx.setup_seconds['push real-files image']:.1f} s)")
     except Exception as e:
         await registry.stop()
-        raise FixtureError(f"registry with the large image: {e!r}\n{registry.log_text()[-2000:]}") from e
+        raise FixtureError(f"registry with the bench images: {e!r}\n{registry.log_text()[-2000:]}") from e
     try:
-        fx.registry, fx.large_image = registry, image
-        fx.large_ref = f"{registry.host}/{LARGE_REPO}:{LARGE_TAG}"
-        size = sum(b.size for b in image.blobs.values())
-        _say(f"registry on {registry.host} holds {fx.large_ref} ({size / 1e6:.0f} MB compressed, "
-             f"{len(image.layers)} layers; pushed in {fx.setup_seconds['push large image']:.1f} s)")
+        fx.registry = registry
         yield fx
     finally:
         await registry.stop()

@@ -72,6 +72,7 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
     _say(f"run folders under {session}" + (" (kept)" if keep else " (deleted at the end)"))
     load_before = os.getloadavg()
     live: list[Running] = []
+    load_per_run: list[dict[str, Any]] = []
     needs = set().union(*(s.needs for s in scenarios))
     fx = fixtures.Fixtures()  # rebound to the provided ones below; once() reads it when called
 
@@ -109,8 +110,11 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
                      + " started")
             for name, group in _groups(scenarios).items():
                 for i in range(runs):
+                    # the machine is shared: the 1-minute load average says how busy it was
+                    load = os.getloadavg()[0]
                     line = [await once(k, f"{name}-{i:02d}-{k.name}", i, group) for k in active]
-                    _say(f"[{name}] run {i + 1}/{runs}: " + " | ".join(line))
+                    load_per_run.append({"group": name, "run": i, "load1_before": round(load, 2)})
+                    _say(f"[{name}] run {i + 1}/{runs} (load {load:.2f}): " + " | ".join(line))
     finally:
         for run in list(live):  # interrupted, or a daemon failed
             with contextlib.suppress(Exception):
@@ -121,7 +125,8 @@ async def bench(scenarios: list[Scenario], kinds: list[Kind], runs: int, warmup:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"node": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
                  "python": platform.python_version(),
-                 "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+                 "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                 "load_per_run": load_per_run},
         "runs": runs, "warmup": warmup,
         "order": "alternating, " + " then ".join(k.name for k in active) + " in each round",
         "ratio": "aiocontainerd/containerd; median rows: median of run-by-run ratios, "

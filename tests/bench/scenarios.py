@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -15,8 +17,8 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from .daemons import DaemonError, PeakRSS, Running, rss_mb
-from .fixtures import LARGE_IMAGE, FixtureMissing, Fixtures
+from .daemons import DaemonError, PeakRSS, Running, mounts_under, rss_mb
+from .fixtures import LARGE_IMAGE, USR_IMAGE, FixtureMissing, Fixtures
 
 STATS = ("median", "p10", "p90", "p99", "mean", "min", "max")
 
@@ -105,21 +107,29 @@ class _NoTransfer(Exception):
     pass
 
 
-async def _transfer_pull(run: Running, ref: str) -> None:
-    """Transfer.Transfer(OCIRegistry(ref, http) -> ImageStore(ref), no unpack), as ctr 1.7+ sends.
+async def _transfer_pull(run: Running, ref: str, unpack: bool = False) -> None:
+    """Transfer.Transfer(OCIRegistry(ref, http) -> ImageStore(ref)), as ctr 1.7+ sends.
 
-    Used when :class:`aiocontainerd.Client` has no ``images`` API yet; raises
-    _NoTransfer when the daemon does not serve the Transfer service.
+    Without ``unpack``, fetch only; with it, the ImageStore asks for an unpack
+    of linux/amd64 into overlayfs (``ctr images pull`` 1.7+). Used when
+    :class:`aiocontainerd.Client` lacks the option; raises _NoTransfer when the
+    daemon does not serve the Transfer service.
     """
+    from aiocontainerd.api.containerd import types as ctypes
     from aiocontainerd.api.containerd.services.transfer import v1 as transfer_api
     from aiocontainerd.api.containerd.types import transfer as transfer_types
     from aiocontainerd.api.google.protobuf import Any as AnyMsg
     from aiocontainerd.services.context import DEFAULT_NAMESPACE, NAMESPACE_HEADER
 
+    store = transfer_types.ImageStore(name=ref)
+    if unpack:
+        platform = ctypes.Platform(os="linux", architecture="amd64")
+        store = transfer_types.ImageStore(name=ref, platforms=[platform], unpacks=[
+            transfer_types.UnpackConfiguration(platform=platform, snapshotter=SNAPSHOTTER)])
     request = transfer_api.TransferRequest(
         source=AnyMsg.pack(transfer_types.OciRegistry(
             reference=ref, resolver=transfer_types.RegistryResolver(default_scheme="http"))),
-        destination=AnyMsg.pack(transfer_types.ImageStore(name=ref)),
+        destination=AnyMsg.pack(store),
         options=transfer_api.TransferOptions())
     channel = Channel(path=run.address)
     try:
@@ -206,6 +216,190 @@ def _fetch_rows(name: str, group: str, how: Callable[[Running, str], Awaitable[N
     ]
 
 
+# -- pull+unpack of a real-files image ----------------------------------------------------------
+#
+# The image: tests.bench.usrimage (this host's /usr subtrees, 7 layers, about
+# 1.4 GiB of tar, gzip level 6 and zstd level 3 variants with the same diff IDs),
+# pushed once to the series' registry (fixtures.USR_IMAGE). Each run is a fresh
+# daemon: every run downloads all layers and unpacks them into the default
+# snapshotter, overlayfs. Rows from one measurement: seconds (primary), MB/s of
+# *uncompressed* (tar) bytes, the daemon's peak VmRSS, and the overlay mounts
+# found under the daemon's folders once the pull returned (unmounted then; 0
+# expected). After the clock stopped, the unpack is checked: every layer's
+# chain ID is a committed overlayfs snapshot whose inode count (Snapshots.Usage)
+# is the layer's (entries - hard links + its root folder).
+
+UNPACK_TIMEOUT = 1800.0  # seconds for one pull+unpack
+SNAPSHOTTER = "overlayfs"
+
+
+class _NoUnpack(DaemonError):
+    """The pull stored the image but unpacked nothing."""
+
+
+def _usr(run: Running, compression: str) -> tuple[str, int, tuple[str, ...], tuple[int, ...]]:
+    """(reference, uncompressed tar bytes, chain IDs, inodes per layer) of the real-files image."""
+    fx: Fixtures | None = run.fixtures
+    if fx is None:
+        raise DaemonError("no session fixtures on this run (runner bug)")
+    try:
+        ref, image = fx.usr(compression)
+    except FixtureMissing as e:
+        raise Unsupported(str(e)) from e
+    assert fx.usr_image is not None
+    return (ref, fx.usr_image.tar_bytes, image.chain_ids,
+            tuple(layer.inodes for layer in fx.usr_image.layers))
+
+
+async def _ctr_pull(run: Running, ref: str) -> None:
+    """``ctr --debug images pull --plain-http REF``: ctr fetches through Content.Write, then unpacks
+    layer by layer (Snapshots.Prepare, Diff.Apply, Snapshots.Commit) into overlayfs.
+
+    ``--debug`` turns the progress display off (see :func:`_ctr_fetch`).
+    """
+    await run.ctr("--debug", "images", "pull", "--plain-http", ref)
+
+
+async def _snapshots(run: Running) -> dict[str, str]:
+    """{key: kind} of the daemon's overlayfs snapshots (``ctr snapshots ls``)."""
+    out = await run.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls")
+    found = {}
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if fields:
+            found[fields[0]] = fields[-1]
+    return found
+
+
+async def _check_unpacked(run: Running, chain: tuple[str, ...], inodes: tuple[int, ...]) -> None:
+    """Every layer is a committed snapshot holding as many inodes as the layer has (DaemonError if not)."""
+    found = await _snapshots(run)
+    if not found:
+        raise _NoUnpack(f"{run.kind}: the image was pulled but nothing unpacked (no {SNAPSHOTTER} snapshot)")
+    missing = [c for c in chain if found.get(c) != "Committed"]
+    if missing:
+        raise DaemonError(f"{run.kind}: {len(missing)} of {len(chain)} layers not unpacked "
+                          f"(no committed {SNAPSHOTTER} snapshot {missing[0]}); has {found}")
+    wrong = []
+    for i, (key, expected) in enumerate(zip(chain, inodes, strict=True)):
+        line = (await run.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "usage", key)).splitlines()[-1]
+        got = int(line.split()[-1])
+        if got != expected:
+            wrong.append(f"layer {i + 1}: {got} inodes, expected {expected}")
+    if wrong:
+        raise DaemonError(f"{run.kind}: unpacked layers differ from the image: " + "; ".join(wrong))
+
+
+def _unmount_leftovers(run: Running) -> int:
+    """Unmount what is mounted under the daemon's folder (temporary apply mounts included:
+    its TMPDIR is there); returns how many there were, said on stderr."""
+    points = mounts_under(run.folder)
+    for point in points:
+        r = subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
+        print(f"{run.kind} run {run.index}: left-over mount {point} after the pull, unmounted"
+              + ("" if r.returncode == 0 else f" (failed: {r.stderr.strip()})"), file=sys.stderr, flush=True)
+    return len(points)
+
+
+def _unpack_scenario(compression: str, how: Callable[[Running, str], Awaitable[None]]
+                     ) -> Callable[[Running], Awaitable[float]]:
+    async def scenario(run: Running) -> float:
+        ref, tar_bytes, chain, inodes = _usr(run, compression)
+        async with PeakRSS(run.pid, RSS_INTERVAL) as peak:
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(UNPACK_TIMEOUT):
+                    await how(run, ref)
+            finally:
+                seconds = time.perf_counter() - t0
+                run.recorded["left-over mounts"] = _unmount_leftovers(run)
+        await _check_unpacked(run, chain, inodes)
+        run.recorded["MB/s"] = tar_bytes / 1e6 / seconds
+        run.recorded["peak RSS"] = peak.mb
+        return seconds
+
+    scenario.__doc__ = f"Seconds to pull and unpack the {compression} real-files image: {how.__doc__}"
+    return scenario
+
+
+def _client_unpack_kwargs() -> dict[str, object] | None:
+    """The keyword arguments that make ``Client.images.pull`` unpack into overlayfs, or None
+    when it has no such option (``snapshotter=`` today; ``unpack=`` too, should one appear)."""
+    try:
+        from aiocontainerd.client.images import Images
+    except ImportError:
+        return None
+    params = inspect.signature(Images.pull).parameters
+    if "snapshotter" not in params and "unpack" not in params:
+        return None
+    kwargs: dict[str, object] = {"plain_http": True}
+    if "unpack" in params:
+        kwargs["unpack"] = True
+    if "snapshotter" in params:
+        kwargs["snapshotter"] = SNAPSHOTTER
+    return kwargs
+
+
+def _daemon_pull_how() -> str:
+    kwargs = _client_unpack_kwargs()
+    if kwargs is None:
+        return ("Transfer.Transfer(OCIRegistry -> ImageStore(unpacks=[linux/amd64 overlayfs])); "
+                "Client.images.pull has no unpack/snapshotter option")
+    return f"Client.images.pull(ref, {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+async def _daemon_pull_unpack(run: Running, ref: str) -> None:
+    """The daemon pulls and unpacks ``ref`` itself (Transfer, ImageStore with an unpack configuration).
+
+    containerd 1.6 has no Transfer service: its column is ``ctr images pull``
+    (client-side fetch and unpack). aiocontainerd: ``Client.images.pull`` with
+    its unpack option when it has one, else the raw Transfer call with
+    ``ImageStore.unpacks = [{linux/amd64, overlayfs}]`` (as ctr 1.7+ sends);
+    the row is n/a when the daemon stored the image but did not unpack it.
+    """
+    if run.kind == "containerd":
+        await _ctr_pull(run, ref)
+        return
+    kwargs = _client_unpack_kwargs()
+    if kwargs is None:
+        await _transfer_pull(run, ref, unpack=True)
+        return
+    async with run.client() as client:
+        await client.images.pull(ref, **kwargs)  # type: ignore[arg-type]
+
+
+async def _daemon_unpack_or_na(run: Running) -> float:
+    try:
+        return await _daemon_unpack_timed(run)
+    except _NoUnpack as e:
+        if run.kind == "containerd":
+            raise
+        raise Unsupported(f"{e}; pulled with {_daemon_pull_how()}") from e
+
+
+_daemon_unpack_timed = _unpack_scenario("gzip", _daemon_pull_unpack)
+_daemon_unpack_or_na.__doc__ = _daemon_unpack_timed.__doc__
+
+
+def _unpack_rows(name: str, group: str, run: Callable[[Running], Awaitable[float]]) -> list[Scenario]:
+    """Four rows from one measurement: seconds, MB/s (uncompressed), daemon peak RSS, left-over mounts."""
+    needs = frozenset({USR_IMAGE})
+    return [
+        Scenario(name, "s", run, group=group, stats=("median", "p90"), needs=needs),
+        Scenario(f"{name}, throughput", "MB/s", _recorded("MB/s"), group=group,
+                 stats=("median", "p10"), needs=needs, derived_from=name, higher_is_better=True),
+        Scenario(f"{name}, daemon peak RSS", "MB", _recorded("peak RSS"), group=group,
+                 stats=("median", "max"), needs=needs, derived_from=name),
+        Scenario(f"{name}, mounts left", "mounts", _recorded("left-over mounts"), group=group,
+                 stats=("max",), needs=needs, derived_from=name),
+    ]
+
+
+UNPACK_GZIP = "pull+unpack 1 GB gzip image, ctr images pull"
+UNPACK_ZSTD = "pull+unpack 1 GB zstd image, ctr images pull"
+UNPACK_DAEMON = "pull+unpack 1 GB gzip image, daemon-side pull [containerd: ctr images pull]"
+
+
 FETCH_CTR = "fetch 500 MB image, ctr content fetch"
 FETCH_DAEMON = "fetch 500 MB image, daemon-side pull [containerd: ctr fetch]"
 
@@ -215,4 +409,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("idle RSS", "MB", idle_rss),
     *_fetch_rows(FETCH_CTR, "fetch-ctr", _ctr_fetch),
     *_fetch_rows(FETCH_DAEMON, "fetch-daemon", _daemon_pull),
+    *_unpack_rows(UNPACK_GZIP, "unpack-gzip", _unpack_scenario("gzip", _ctr_pull)),
+    *_unpack_rows(UNPACK_ZSTD, "unpack-zstd", _unpack_scenario("zstd", _ctr_pull)),
+    *_unpack_rows(UNPACK_DAEMON, "unpack-daemon", _daemon_unpack_or_na),
 ]

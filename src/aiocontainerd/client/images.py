@@ -442,8 +442,9 @@ class Images:
             stream = await s.progress(on_event)
             store = tt.ImageStore(name=name, labels=dict(labels or {}), platforms=_platforms(specs))
             if snapshotter:
-                [here] = _platforms([_default_platform()])
-                store.unpacks = [tt.UnpackConfiguration(platform=here, snapshotter=snapshotter)]
+                # unpack the first requested platform (the client's by default), as ctr 2.x does
+                [which] = _platforms([specs[0] if specs else _default_platform()])
+                store.unpacks = [tt.UnpackConfiguration(platform=which, snapshotter=snapshotter)]
             await s.transfer(_registry(ref, plain_http, auth), store, stream)
         return await self.get(saved[0] if saved else name)
 

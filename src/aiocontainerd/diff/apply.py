@@ -858,8 +858,8 @@ async def run_in_thread(fn: Callable[[threading.Event], Any]) -> Any:
 
 
 async def apply(mounts: Sequence[Mount], reader_factory: Callable[[], IO[bytes]], *,
-                sync_fs: bool = False, same_owner: bool = True,
-                overlay_upper: bool = False) -> tuple[str, int]:
+                sync_fs: bool = False, same_owner: bool = True, overlay_upper: bool = False,
+                tmp_root: str | os.PathLike[str] | None = None) -> tuple[str, int]:
     """Apply a layer onto ``mounts`` (containerd's ``core/diff/apply``); returns ``(diff_id, size)``.
 
     ``reader_factory()`` is called in the worker thread and returns the
@@ -905,7 +905,7 @@ async def apply(mounts: Sequence[Mount], reader_factory: Callable[[], IO[bytes]]
             return await run(m.source)
     from ..mount.mounting import temp_mount
 
-    async with temp_mount(mounts) as root:
+    async with temp_mount(mounts, root=tmp_root) as root:
         return await run(os.fspath(root))
 
 

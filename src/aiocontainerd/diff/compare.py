@@ -508,7 +508,8 @@ def overlay_upper_dir(lower: Sequence[Mount], upper: Sequence[Mount]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _view(mounts: Sequence[Mount]) -> AsyncIterator[str | None]:
+async def _view(mounts: Sequence[Mount],
+                tmp_root: str | os.PathLike[str] | None = None) -> AsyncIterator[str | None]:
     """A folder showing ``mounts`` read-only for the body (None for no mounts)."""
     if not mounts:
         yield None
@@ -518,14 +519,14 @@ async def _view(mounts: Sequence[Mount]) -> AsyncIterator[str | None]:
         return
     from ..mount.mounting import temp_mount
 
-    async with temp_mount(mounts, read_only=True) as root:
+    async with temp_mount(mounts, read_only=True, root=tmp_root) as root:
         yield os.fspath(root)
 
 
 async def compare(content: Any, namespace: str, lower: Sequence[Mount], upper: Sequence[Mount], *,
                   media_type: str = "", ref: str = "", labels: Mapping[str, str] | None = None,
-                  lease: str | None = None,
-                  source_date_epoch_ns: int | None = None) -> tuple[Descriptor, str]:
+                  lease: str | None = None, source_date_epoch_ns: int | None = None,
+                  tmp_root: str | os.PathLike[str] | None = None) -> tuple[Descriptor, str]:
     """Write the diff of ``lower`` → ``upper`` into ``content`` (a namespaced
     :class:`~aiocontainerd.metadata.content.ContentStore`); returns ``(descriptor, diff_id)``.
 
@@ -543,11 +544,11 @@ async def compare(content: Any, namespace: str, lower: Sequence[Mount], upper: S
     loop = asyncio.get_running_loop()
 
     async with contextlib.AsyncExitStack() as stack:
-        lower_root = await stack.enter_async_context(_view(lower))
+        lower_root = await stack.enter_async_context(_view(lower, tmp_root))
         if upper_dir:
             upper_root, overlay = upper_dir, True
         else:
-            view = await stack.enter_async_context(_view(upper))
+            view = await stack.enter_async_context(_view(upper, tmp_root))
             upper_root, overlay = (view if view is not None else ""), False
         if not upper_root:
             raise InvalidArgument("no upper mounts to compute a diff from")

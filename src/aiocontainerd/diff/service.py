@@ -28,9 +28,13 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from ..errors import FailedPrecondition
@@ -64,9 +68,12 @@ class DiffServiceConfig:
 class DiffService:
     """Applies layers onto mounts and computes layers from mounts (see the module doc)."""
 
-    def __init__(self, content: Any, *, sync_fs: bool = False) -> None:
+    def __init__(self, content: Any, *, sync_fs: bool = False,
+                 tmp_root: str | os.PathLike[str] | None = None) -> None:
         self.content = content
         self.sync_fs = sync_fs
+        #: where temporary mounts go (the daemon's, cleaned at start); None: system temp
+        self.tmp_root = tmp_root
 
     async def apply(self, namespace: str, desc: Descriptor, mounts: Sequence[Mount], *,
                     payloads: Mapping[str, TypedValue] | None = None, sync_fs: bool = False,
@@ -96,7 +103,8 @@ class DiffService:
                 raise
 
         diff_id, size = await apply(mounts, open_layer, sync_fs=sync_fs or self.sync_fs,
-                                    same_owner=same_owner, overlay_upper=overlay_upper)
+                                    same_owner=same_owner, overlay_upper=overlay_upper,
+                                    tmp_root=self.tmp_root)
         if expected_diff_id and diff_id != expected_diff_id:
             raise FailedPrecondition(f"wrong diff id {diff_id} calculated on extraction of "
                                      f"{desc.digest}, expected {expected_diff_id}")
@@ -115,13 +123,38 @@ class DiffService:
         """
         desc, _ = await compare(self.content, namespace, lower, upper, media_type=media_type,
                                 ref=ref, labels=labels, lease=lease,
-                                source_date_epoch_ns=source_date_epoch_ns)
+                                source_date_epoch_ns=source_date_epoch_ns, tmp_root=self.tmp_root)
         return desc
 
 
 async def _init(ctx: InitContext) -> DiffService:
     config: DiffServiceConfig = ctx.config
-    return DiffService(ctx.get(METADATA).content, sync_fs=config.sync_fs)
+    tmp_root = ctx.root / "tmpmounts"
+    await clean_tmp_mounts(tmp_root)
+    return DiffService(ctx.get(METADATA).content, sync_fs=config.sync_fs, tmp_root=tmp_root)
+
+
+async def clean_tmp_mounts(folder: Path) -> None:
+    """Unmount and remove what a killed daemon left in its temporary mount folder."""
+    from ..mount.mounting import mount_points, unmount
+
+    def prepare() -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return sorted(mount_points(folder), key=len, reverse=True)
+
+    for point in await asyncio.to_thread(prepare):
+        try:
+            await unmount(point, lazy=True)
+        except OSError as e:
+            log.warning("cannot unmount a leftover temporary mount",
+                        extra={"fields": {"path": point, "error": str(e)}})
+
+    def remove_empty() -> None:
+        for entry in folder.iterdir():
+            with contextlib.suppress(OSError):
+                entry.rmdir()  # only empty folders: never delete through a mount
+
+    await asyncio.to_thread(remove_empty)
 
 
 PLUGIN = Registration(SERVICE, "diff-service", _init, requires=(METADATA,), config=DiffServiceConfig)

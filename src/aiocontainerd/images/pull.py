@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import random
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import AlreadyExists
+from ..errors import AlreadyExists, Unavailable
 from ..metadata.content import Info
 from ..metadata.images import Image
 from ..metadata.leases import Resource
@@ -94,6 +95,25 @@ def ref_key(desc: Descriptor) -> str:
     else:
         kind = "unknown"
     return f"{kind}-{desc.digest}"
+
+
+async def open_writer(metadata: Metadata, namespace: str, ref: str, desc: Descriptor,
+                      lease: str | None) -> Any:
+    """A content writer for ``desc``, waiting while another writer holds ``ref``.
+
+    Like containerd's ``content.OpenWriter``: a locked ref is retried with
+    growing pauses (up to ~2 s each); if the blob appeared meanwhile (the other
+    writer committed it), AlreadyExists is raised so the caller skips it.
+    """
+    pause = 0.016
+    while True:
+        try:
+            return await metadata.content.writer(namespace, ref, desc.size, desc.digest, lease)
+        except Unavailable:
+            if metadata.content.has(namespace, desc.digest):
+                raise AlreadyExists(f"content {desc.digest}: already exists") from None
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, 2.048)
 
 
 class _Writer:
@@ -181,7 +201,11 @@ class _Pull:
                                  [f"labels.{k}" for k in labels])
         else:
             labels.update(self._labels())
-            w = await content.writer(self.ns, ref_key(desc), desc.size, desc.digest, self.lease)
+            try:
+                w = await open_writer(self.m, self.ns, ref_key(desc), desc, self.lease)
+            except AlreadyExists:
+                await self._hold(desc.digest)
+                return kids if mt.is_index(desc.media_type) else []
             try:
                 if not content.local.exists(desc.digest):
                     await w.write(body)
@@ -217,7 +241,13 @@ class _Pull:
             return
         self.progress(Progress(key, desc.digest, desc.media_type, 0, desc.size, "waiting"))
         async with sem:
-            w = await content.writer(self.ns, key, desc.size, desc.digest, self.lease)
+            try:
+                w = await open_writer(self.m, self.ns, key, desc, self.lease)
+            except AlreadyExists:
+                await self._hold(desc.digest)
+                self.progress(Progress(key, desc.digest, desc.media_type, desc.size, desc.size, "exists"))
+                self.arrived[desc.digest].set()
+                return
             try:
                 labels = self._labels()
                 if content.local.exists(desc.digest):

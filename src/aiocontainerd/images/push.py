@@ -6,8 +6,8 @@ pushed ``max_concurrent`` at a time. A blob the repository has is skipped; a
 blob whose ``containerd.io/distribution.source.<host>`` label names another
 repository on the same registry is mounted from there (cross-repository
 mount) when the registry allows it, else uploaded. With a ``platform``
-matcher, only the matching manifests of an index are pushed (the index itself
-is pushed as it is, as containerd does). Only the root is tagged.
+matcher, the best matching manifest of an index is pushed alone and tagged,
+as ``ctr images push --platform`` does. Only the root is tagged.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 
+from ..errors import NotFound
 from ..metadata.plugin import Metadata
 from ..remotes import limits as rlimits
 from ..remotes import mediatypes as mt
@@ -45,6 +46,21 @@ async def push(ref: str, target: Descriptor, *, resolver: Resolver, metadata: Me
 
     async def read(desc: Descriptor) -> bytes:
         return b"".join([c async for c in content.read(namespace, desc.digest)])
+
+    if options.platform is not None:
+        # as ctr does with --platform: the best matching manifest alone is pushed and tagged
+        while mt.is_index(target.media_type):
+            kids = [k for k in rlimits.children(target, await read(target), resolver.limits)
+                    if k.platform is None or options.platform.match(k.platform)]
+            kids = [k for k in kids if content.has(namespace, k.digest)]
+            if not kids:
+                raise NotFound(f"no manifest of {target.digest} matches the platform to push")
+            with_platform = [k for k in kids if k.platform is not None]
+            if with_platform:
+                best = options.platform.sort([k.platform for k in with_platform])[0]
+                target = next(k for k in with_platform if k.platform == best)
+            else:
+                target = kids[0]
 
     async def get_children(desc: Descriptor) -> list[Descriptor]:
         if not mt.is_manifest_or_index(desc.media_type):

@@ -105,8 +105,13 @@ async def unpack(target: Descriptor, *, metadata: Metadata, diff: object, snapsh
     config_desc, layers = kids[0], kids[1:]
     if ready is not None:
         await ready(config_desc.digest)
-    config = json.loads(await _read(metadata, namespace, config_desc.digest))
-    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    try:
+        config = json.loads(await _read(metadata, namespace, config_desc.digest))
+        rootfs = config.get("rootfs") or {}
+        diff_ids = [str(d) for d in (rootfs.get("diff_ids") or [])]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise InvalidArgument(f"image config {config_desc.digest} is not a valid image config: "
+                              f"{e}") from None
     if len(diff_ids) != len(layers):
         raise InvalidArgument(f"image {target.digest}: config lists {len(diff_ids)} diff IDs for "
                               f"{len(layers)} layers")

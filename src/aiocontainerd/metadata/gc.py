@@ -29,6 +29,7 @@ collected, and a blob held by a lease or being written never is either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -218,7 +219,11 @@ class GarbageCollector:
 
     async def collect(self) -> GCStats:
         """Run one full collection; concurrent calls wait for the running one, then run again."""
-        async with self._lock, self._content.commit_lock:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._lock)
+            await stack.enter_async_context(self._content.commit_lock)
+            for sn in self._snapshotters.values():  # no snapshot half created or committed
+                await stack.enter_async_context(sn.lock.exclusive())
             started = time.perf_counter()
             stats, referenced = await self._db.update(lambda txn: self._sweep(txn))
             local = self._content.local

@@ -25,7 +25,10 @@ first). Objects created by a request with a lease are added to it as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 from .. import filters, identifiers
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -38,6 +41,46 @@ from .namespaces import apply_label_paths
 
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 _SEQ = b"snapshot-seq"
+
+
+class SharedLock:
+    """Many holders of the shared side, or one of the exclusive side (the garbage
+    collector), with the exclusive side waiting for (and then barring) shared holders.
+
+    Snapshot operations that span a metadata write, a backend call and another
+    metadata write hold it shared, so a collection never sees half of one —
+    containerd's metadata snapshotter uses a read-write lock the same way.
+    """
+
+    def __init__(self) -> None:
+        self._shared = 0
+        self._exclusive = False
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._shared -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            await self._changed.wait_for(lambda: self._shared == 0)
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._exclusive = False
+                self._changed.notify_all()
 
 
 def _record_info(name: str, r: dict) -> Info:
@@ -68,6 +111,9 @@ class NamespacedSnapshotter:
         self.backend = backend
         self._db = db
         self._on_delete = on_delete or (lambda: None)
+        #: held shared by operations, exclusively by garbage collection
+        self.lock = SharedLock()
+        self._committing: set[tuple[str, str]] = set()
 
     def _key(self, namespace: str, k: str) -> bytes:
         return key(namespace, self.name, k)
@@ -147,7 +193,9 @@ class NamespacedSnapshotter:
                         now = now_ns()
                         txn.put("snapshots", self._key(namespace, target), {
                             "bkey": found["bkey"], "bparent": bparent, "kind": int(Kind.COMMITTED),
-                            "parent": parent, "labels": {**found["labels"], **labels},
+                            "parent": parent, "labels": {
+                                **{k2: v for k2, v in found["labels"].items()
+                                   if k2.startswith(INHERITED_PREFIX)}, **labels},
                             "created_at": now, "updated_at": now})
                     add_resource(txn, namespace, lease, Resource(target, f"snapshots/{self.name}"))
                     return None
@@ -164,6 +212,13 @@ class NamespacedSnapshotter:
             add_resource(txn, namespace, lease, resource)
             return bkey, bparent
 
+        async with self.lock.shared():
+            return await self._create_locked(namespace, k, parent, labels, readonly, lease,
+                                             reserve, target)
+
+    async def _create_locked(self, namespace: str, k: str, parent: str, labels: dict[str, str],
+                             readonly: bool, lease: str | None, reserve: Callable[[Txn], Any],
+                             target: str) -> list[Mount]:
         reserved = await self._db.update(reserve)
         if reserved is None:
             raise AlreadyExists(f"target snapshot {target!r} already exists")
@@ -223,6 +278,17 @@ class NamespacedSnapshotter:
 
         if parent and not self.backend.layers_independent:
             raise InvalidArgument(f"snapshotter {self.name} cannot commit onto a new parent")
+        if (namespace, name) in self._committing:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        self._committing.add((namespace, name))
+        try:
+            async with self.lock.shared():
+                await self._commit_locked(namespace, name, k, labels, lease, parent, check)
+        finally:
+            self._committing.discard((namespace, name))
+
+    async def _commit_locked(self, namespace: str, name: str, k: str, labels: dict[str, str],
+                             lease: str | None, parent: str, check: Callable[[Txn], Any]) -> None:
         record, bname = await self._db.update(check)
         merged = {**record["labels"], **labels}
         inherited = {k2: v for k2, v in merged.items() if k2.startswith(INHERITED_PREFIX)}
@@ -274,7 +340,10 @@ class NamespacedSnapshotter:
                     if k.decode().split(SEP, 2)[1] == self.name}
 
     async def collect(self) -> int:
-        """Remove backend snapshots no record refers to, children first; returns how many."""
+        """Remove backend snapshots no record refers to, children first; returns how many.
+
+        The caller holds :attr:`lock` exclusively (the garbage collector does).
+        """
         live = self.backend_keys()
         infos = await self.backend.walk()
         dead = {i.name for i in infos if i.name not in live}
