@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiocontainerd.snapshotters import btrfs
-from aiocontainerd.snapshotters.btrfs import BtrfsConfig, BtrfsSnapshotter
 
 from aiocontainerd.mount.mounting import filesystem_type, mount_points, temp_mount
 from aiocontainerd.plugin import PluginSet, SkipPlugin
 from aiocontainerd.snapshots import Kind
+from aiocontainerd.snapshotters import btrfs
+from aiocontainerd.snapshotters.btrfs import BtrfsConfig, BtrfsSnapshotter
 from tests.support.btrfs import BtrfsLoop, btrfs_unavailable, mounted_btrfs
 
 pytestmark = pytest.mark.integration

@@ -245,3 +245,25 @@ async def test_diff_errors(stubs: Any, tmp_path: Path) -> None:
     with pytest.raises(GRPCError) as e:
         await diff.diff(diff_api.DiffRequest(left=[bind(tmp_path)], right=[]))
     assert e.value.status == grpclib.const.Status.INVALID_ARGUMENT
+
+
+async def test_leftover_temporary_mounts_are_cleaned_at_start(tmp_path: Path) -> None:
+    """A killed daemon's temporary mounts (under <root>/…diff-service/tmpmounts) go at start."""
+    import subprocess
+
+    from aiocontainerd.diff.service import clean_tmp_mounts
+    from aiocontainerd.mount.mounting import mount_points
+
+    folder = tmp_path / "tmpmounts"
+    left = folder / "aiocontainerd-mount-x"
+    left.mkdir(parents=True)
+    source = tmp_path / "src"
+    source.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(left)], check=True)
+    try:
+        assert mount_points(folder) == [str(left)]
+        await clean_tmp_mounts(folder)
+        assert mount_points(folder) == []
+        assert not left.exists()
+    finally:
+        subprocess.run(["umount", str(left)], capture_output=True)

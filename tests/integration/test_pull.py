@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,60 @@ async def test_limits_leave_the_store_unchanged(registry: Registry, metadata: Me
     assert metadata.images.list("default") == []
     await metadata.collect()
     assert on_disk(metadata) == set()
+
+
+async def test_two_pulls_of_one_image_at_once(registry: Registry, metadata: Metadata) -> None:
+    image = busybox_image(3)
+    await push(registry.host, "test/twice", "1", image)
+    ref = f"{registry.host}/test/twice:1"
+    async with Resolver(Hosts(plain_http=True)) as r1, Resolver(Hosts(plain_http=True)) as r2:
+        a, b = await asyncio.gather(
+            pull(ref, resolver=r1, metadata=metadata, namespace="default"),
+            pull(ref, resolver=r2, metadata=metadata, namespace="default"))
+    assert a.target.digest == b.target.digest == image.digest
+    assert set(image.blobs) <= {i.digest for i in metadata.content.list("default")}
+
+
+async def test_push_one_platform_of_an_index(registry: Registry, metadata: Metadata,
+                                             resolver: Resolver) -> None:
+    from aiocontainerd.images.push import PushOptions
+    from aiocontainerd.images.push import push as push_image
+    from aiocontainerd.remotes.descriptor import Descriptor
+
+    image = multi_platform()
+    await push(registry.host, "test/src", "1", image)
+    got = await pull(f"{registry.host}/test/src:1", resolver=resolver, metadata=metadata,
+                     namespace="default", options=PullOptions(all_platforms=True))
+    target = Descriptor(got.target.media_type, got.target.digest, got.target.size)
+    arm64 = platforms.only(platforms.parse("linux/arm64"))
+    await push_image(f"{registry.host}/test/dst:arm64", target, resolver=resolver, metadata=metadata,
+                     namespace="default", options=PushOptions(platform=arm64))
+    _, pushed = await resolver.resolve(f"{registry.host}/test/dst:arm64")
+    assert pushed.digest == image.for_platform("linux", "arm64").manifest.digest
+
+
+async def test_invalid_image_config_is_invalid_argument(metadata: Metadata) -> None:
+    import hashlib
+    import json
+
+    from aiocontainerd.errors import InvalidArgument
+    from aiocontainerd.images.unpack import unpack
+    from aiocontainerd.remotes.descriptor import Descriptor
+
+    async def put(data: bytes) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        w = await metadata.content.writer("default", digest, len(data), digest)
+        await w.write(data)
+        await w.commit(labels={"containerd.io/gc.root": "t"})
+        return Descriptor("x", digest, len(data))
+
+    config = await put(b"this is not json")
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": config.digest, "size": config.size},
+                       "layers": []}).encode()
+    manifest = await put(body)
+    target = Descriptor("application/vnd.oci.image.manifest.v1+json", manifest.digest, manifest.size)
+    metadata.snapshotters["x"] = None  # never reached: the config is read first
+    with pytest.raises(InvalidArgument, match="not a valid image config"):
+        await unpack(target, metadata=metadata, diff=None, snapshotter="x", namespace="default")

@@ -940,11 +940,10 @@ async def test_overlay_volatile(overlay_root: Path) -> None:
 
 
 async def test_overlay_plugin(overlay_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiocontainerd.plugin import PluginSet
     from aiocontainerd.snapshotters import overlay
     from aiocontainerd.snapshotters.native import PLUGIN as NATIVE
     from aiocontainerd.snapshotters.overlay import PLUGIN, OverlayConfig
-
-    from aiocontainerd.plugin import PluginSet
 
     async def init(config: OverlayConfig, root: Path) -> PluginSet:
         ps = PluginSet()

@@ -109,7 +109,6 @@ async def _btrfs(root: Path) -> Snapshotter:
     import asyncio
 
     from aiocontainerd.snapshotters.btrfs import BtrfsSnapshotter
-
     from tests.support.btrfs import folder_for
 
     return await BtrfsSnapshotter.open(await asyncio.to_thread(folder_for, root))

@@ -17,6 +17,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from aiocontainerd.config import Config, ConfigError, dump, load
+from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from aiocontainerd.mount import Mount
+from aiocontainerd.mount.mounting import temp_mount
+from aiocontainerd.plugin import PluginSet, SkipPlugin
+from aiocontainerd.snapshots import Kind
 from aiocontainerd.snapshotters import devmapper
 from aiocontainerd.snapshotters.devmapper import config as dm_config
 from aiocontainerd.snapshotters.devmapper.config import DevmapperConfig, DevmapperConfigError, parse_size
@@ -44,13 +51,6 @@ from aiocontainerd.snapshotters.devmapper.snapshotter import (
     DevmapperSnapshotter,
     mkfs_command,
 )
-
-from aiocontainerd.config import Config, ConfigError, dump, load
-from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from aiocontainerd.mount import Mount
-from aiocontainerd.mount.mounting import temp_mount
-from aiocontainerd.plugin import PluginSet, SkipPlugin
-from aiocontainerd.snapshots import Kind
 
 S = DeviceState
 POOL = "test-pool"

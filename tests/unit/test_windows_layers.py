@@ -10,6 +10,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from aiocontainerd import Client, Daemon, builtins
+from aiocontainerd.errors import InvalidArgument, Unimplemented
+from aiocontainerd.mount import Mount
+from aiocontainerd.plugin import PluginSet, SkipPlugin
+from aiocontainerd.snapshots import Kind
 from aiocontainerd.snapshotters import btrfs, devmapper, windows
 from aiocontainerd.snapshotters.windows import layer as wl
 from aiocontainerd.snapshotters.windows import mounts as wm
@@ -26,12 +32,6 @@ from aiocontainerd.snapshotters.windows.layer import (
     read_layer,
     write_layer,
 )
-
-from aiocontainerd import Client, Daemon, builtins
-from aiocontainerd.errors import InvalidArgument, Unimplemented
-from aiocontainerd.mount import Mount
-from aiocontainerd.plugin import PluginSet, SkipPlugin
-from aiocontainerd.snapshots import Kind
 from tests.conftest import make_config
 
 T0 = 1_700_000_000_123_456_700  # ns; Windows times have 100 ns resolution
