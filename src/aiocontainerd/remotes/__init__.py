@@ -20,16 +20,39 @@ FailedPrecondition (access denied, verification failures), Unavailable
 (network, 5xx, retries exhausted), Unimplemented (schema 1).
 """
 
-from .auth import Challenge, DockerConfig, StaticCredentials, parse_challenges
-from .descriptor import Descriptor
-from .fetch import fetch_blob
-from .fetcher import Fetcher
-from .hosts import Hosts, RegistryHost, static_hosts
-from .limits import Limits, children, walk
-from .platforms import Platform
-from .pusher import Pusher, PushResult
-from .reference import Reference
-from .resolver import Resolver
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import Challenge, DockerConfig, StaticCredentials, parse_challenges
+    from .descriptor import Descriptor
+    from .fetch import fetch_blob
+    from .fetcher import Fetcher
+    from .hosts import Hosts, RegistryHost, static_hosts
+    from .limits import Limits, children, walk
+    from .platforms import Platform
+    from .pusher import Pusher, PushResult
+    from .reference import Reference
+    from .resolver import Resolver
+
+#: name -> submodule; imported on first use so ``from aiocontainerd.remotes import
+#: mediatypes`` (the daemon's start) does not import aiohttp.
+_WHERE = {
+    "Challenge": "auth", "DockerConfig": "auth", "StaticCredentials": "auth",
+    "parse_challenges": "auth", "Descriptor": "descriptor", "fetch_blob": "fetch",
+    "Fetcher": "fetcher", "Hosts": "hosts", "RegistryHost": "hosts", "static_hosts": "hosts",
+    "Limits": "limits", "children": "limits", "walk": "limits", "Platform": "platforms",
+    "Pusher": "pusher", "PushResult": "pusher", "Reference": "reference", "Resolver": "resolver",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Challenge", "Descriptor", "DockerConfig", "Fetcher", "Hosts", "Limits", "Platform", "PushResult",
