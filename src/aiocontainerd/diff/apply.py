@@ -48,7 +48,9 @@ every change is a ``*at`` call (``mkdirat``, ``openat(O_CREAT|O_EXCL|O_NOFOLLOW)
 ``symlinkat``, ``linkat`` without ``AT_SYMLINK_FOLLOW``, ``mknodat``,
 ``fchownat``/``utimensat`` with ``AT_SYMLINK_NOFOLLOW``, ``unlinkat``) on a
 single name relative to a descriptor; xattrs go through
-``/proc/self/fd/<parent>/<name>`` with ``lsetxattr``. No path with a ``/`` or
+``/proc/self/fd/<parent>/<name>`` with ``lsetxattr``. A regular file gets its
+owner, xattrs, mode and times through the descriptor it was created and
+written with (``fchown``, ``fsetxattr``, ``fchmod``, ``futimens``). No path with a ``/`` or
 ``..`` from the archive ever reaches the kernel, so nothing outside ``root``
 is created, modified or removed — whatever symlinks (absolute, relative,
 chained, dangling), hard links, whiteouts or ``..`` names a layer holds.
@@ -81,6 +83,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -199,6 +202,15 @@ class _Tree:
                 i = 0
                 while i < len(parts):
                     name = parts[i]
+                    try:  # a folder, the common case (O_NOFOLLOW|O_DIRECTORY: never a symlink)
+                        fd = os.open(name, _O_DIR, dir_fd=cur)
+                    except OSError:
+                        pass  # missing, a symlink or not a folder: look below
+                    else:
+                        opened.append(fd)
+                        cur = fd
+                        i += 1
+                        continue
                     try:
                         st: os.stat_result | None = os.stat(name, dir_fd=cur, follow_symlinks=False)
                     except FileNotFoundError:
@@ -396,27 +408,40 @@ def _entry_times(ti: tarfile.TarInfo) -> tuple[int, int]:
     return _bound(atime), _bound(mtime)
 
 
-class _HashingReader:
-    """Reads ``raw``, hashing and counting every byte (the diff ID is the sha256 of it all)."""
+class _HashingReader(io.RawIOBase):
+    """Reads ``raw``, hashing and counting every byte (the diff ID is the sha256 of it all).
+
+    A raw stream: :func:`apply_layer` reads it through an :class:`io.BufferedReader`,
+    whose read-ahead is hashed here as it is read, so the digest covers every byte
+    taken from ``raw`` whatever the tar reader consumed of it."""
 
     def __init__(self, raw: IO[bytes], cancel: threading.Event | None) -> None:
+        super().__init__()
         self._raw = raw
         self._cancel = cancel
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
         if self._cancel is not None and self._cancel.is_set():
             raise _Cancelled
-        data = self._raw.read(size if size is not None and size >= 0 else CHUNK)
-        if data:
-            self.hash.update(data)
-            self.size += len(data)
-        return data or b""
+        view = memoryview(buffer).cast("B")
+        data = self._raw.read(len(view))
+        if not data:
+            return 0
+        n = len(data)
+        view[:n] = data
+        self.hash.update(data)
+        self.size += n
+        return n
 
     def drain(self) -> None:
         """Read (and hash) whatever follows the end of the archive."""
-        while self.read(CHUNK):
+        buf = bytearray(CHUNK)
+        while self.readinto(buf):
             pass
 
     @property
@@ -570,33 +595,95 @@ class _Applier:
                 raise InvalidArgument(f"invalid whiteout name {base!r} in {name!r}: invalid archive")
             self._whiteout(parent, original, ti)
             return
+        if ti.isreg():
+            self._regular(tf, ti, parent, base)
+            return
+        if ti.isdir() or ti.issym():
+            # the common types: create first, and look at what is there only if that fails
+            existing: os.stat_result | None = None
+            if not self._create_new(ti, parent, base):
+                existing = os.stat(base, dir_fd=parent.fd, follow_symlinks=False)
+                if not (stat.S_ISDIR(existing.st_mode) and ti.isdir()):
+                    self._replace(parent, base)
+                    existing = None
+                    self._create(tf, ti, parent, base, None)
+            self._metadata(ti, parent, base, is_link=ti.issym())
+            return
         try:
-            existing: os.stat_result | None = os.stat(base, dir_fd=parent.fd, follow_symlinks=False)
+            existing = os.stat(base, dir_fd=parent.fd, follow_symlinks=False)
         except FileNotFoundError:
             existing = None
-        if existing is not None and not (stat.S_ISDIR(existing.st_mode) and ti.isdir()):
-            _remove_all(parent.fd, base)
-            self._invalidate()
+        if existing is not None:
+            self._replace(parent, base)
             existing = None
         if not self._create(tf, ti, parent, base, existing):
             return
+        # a hard link to a symlink is a symlink: look before chmod-ing
+        is_link = ti.islnk() and stat.S_ISLNK(os.stat(base, dir_fd=parent.fd, follow_symlinks=False).st_mode)
+        self._metadata(ti, parent, base, is_link=is_link)
+
+    def _replace(self, parent: _Dir, base: str) -> None:
+        """Remove what is at ``base`` (an entry replaces it)."""
+        _remove_all(parent.fd, base)
+        self._invalidate()
+
+    def _create_new(self, ti: tarfile.TarInfo, parent: _Dir, base: str) -> bool:
+        """mkdirat/symlinkat of a folder or symlink entry; False if the name exists."""
+        try:
+            if ti.isdir():
+                os.mkdir(base, ti.mode & 0o7777, dir_fd=parent.fd)  # mode set exactly later
+            else:
+                os.symlink(ti.linkname, base, dir_fd=parent.fd)
+        except FileExistsError:
+            return False
+        return True
+
+    def _chown_error(self, ti: tarfile.TarInfo, e: OSError) -> OSError:
+        return OSError(e.errno, f"failed to Lchown for UID {ti.uid}, GID {ti.gid}: {e.strerror}")
+
+    def _metadata(self, ti: tarfile.TarInfo, parent: _Dir, base: str, *, is_link: bool) -> None:
+        """Owner, xattrs, mode (not on a symlink), times of a made entry, in that order."""
         if self.same_owner:
             try:
                 os.chown(base, ti.uid, ti.gid, dir_fd=parent.fd, follow_symlinks=False)
             except OSError as e:
-                raise OSError(e.errno, f"failed to Lchown for UID {ti.uid}, GID {ti.gid}: "
-                                       f"{e.strerror}") from e
+                raise self._chown_error(ti, e) from e
         self._xattrs(ti, parent, base)
-        mode = ti.mode & 0o7777
-        st = os.stat(base, dir_fd=parent.fd, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(base, mode, dir_fd=parent.fd)  # checked: not a symlink
+        if not is_link:
+            os.chmod(base, ti.mode & 0o7777, dir_fd=parent.fd)  # made here: not a symlink
         atime, mtime = _entry_times(ti)
         os.utime(base, ns=(atime, mtime), dir_fd=parent.fd, follow_symlinks=False)
         key = (*parent.rel, base)
         if ti.isdir():
             self.dirs.append((key, atime, mtime))
         self.unpacked.add(key)
+
+    def _regular(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, parent: _Dir, base: str) -> None:
+        """A regular file: openat(O_CREAT|O_EXCL|O_NOFOLLOW) (replacing what is there only
+        when that fails with EEXIST), content, then owner, xattrs, mode and times through
+        the descriptor."""
+        src = tf.extractfile(ti)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            out = os.open(base, flags, 0o600, dir_fd=parent.fd)
+        except FileExistsError:
+            self._replace(parent, base)
+            out = os.open(base, flags, 0o600, dir_fd=parent.fd)
+        try:
+            if src is not None:
+                self._copy(src, out)
+            if self.same_owner:
+                try:
+                    os.fchown(out, ti.uid, ti.gid)
+                except OSError as e:
+                    raise self._chown_error(ti, e) from e
+            self._xattrs(ti, parent, base, fd=out)
+            os.fchmod(out, ti.mode & 0o7777)
+            atime, mtime = _entry_times(ti)
+            os.utime(out, ns=(atime, mtime))
+        finally:
+            os.close(out)
+        self.unpacked.add((*parent.rel, base))
 
     def _in_userns(self) -> bool:
         if self._userns is None:
@@ -605,14 +692,12 @@ class _Applier:
 
     def _create(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, parent: _Dir, base: str,
                 existing: os.stat_result | None) -> bool:
-        """Make the entry's file object; False when it is skipped."""
+        """Make the entry's file object (not a regular file); False when it is skipped."""
         fd = parent.fd
         mode = ti.mode & 0o7777
         if ti.isdir():
             if existing is None:
                 _mkdir(fd, base, mode)
-        elif ti.isreg():
-            self._write_file(tf, ti, fd, base)
         elif ti.issym():
             os.symlink(ti.linkname, base, dir_fd=fd)
         elif ti.islnk():
@@ -638,26 +723,19 @@ class _Applier:
             raise InvalidArgument(f"unhandled tar header type {ti.type!r} for {ti.name!r}")
         return True
 
-    def _write_file(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, dir_fd: int, base: str) -> None:
-        src = tf.extractfile(ti)
-        out = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                      dir_fd=dir_fd)
-        try:
-            if src is None:
-                return
-            while True:
-                self.check_cancel()
-                chunk = src.read(CHUNK)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(out, view)
-                    view = view[n:]
-        finally:
-            os.close(out)
+    def _copy(self, src: IO[bytes], out: int) -> None:
+        while True:
+            self.check_cancel()
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                n = os.write(out, view)
+                view = view[n:]
 
-    def _xattrs(self, ti: tarfile.TarInfo, parent: _Dir, base: str) -> None:
+    def _xattrs(self, ti: tarfile.TarInfo, parent: _Dir, base: str, fd: int | None = None) -> None:
+        """PAX xattrs of the entry; ``fd``: the open regular file itself."""
         for record, value in ti.pax_headers.items():
             if not record.startswith(PAX_XATTR):
                 continue
@@ -669,9 +747,12 @@ class _Applier:
                 continue
             data = value.encode("utf-8", "surrogateescape")
             try:
-                _setxattr(parent.fd, base, key, data)
+                if fd is not None:
+                    os.setxattr(fd, key, data)
+                else:
+                    _setxattr(parent.fd, base, key, data)
             except OSError as e:
-                if e.errno == errno.EPERM and key.startswith("user."):
+                if e.errno == errno.EPERM and key.startswith("user.") and fd is None:
                     st = os.stat(base, dir_fd=parent.fd, follow_symlinks=False)
                     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                         log.warning("ignored xattr in archive (user.* only on files and folders)",
@@ -751,6 +832,7 @@ def apply_layer(reader: IO[bytes], root: str | os.PathLike[str], *, whiteouts: W
     failure, naming the entry). The tree is left as far as it got on error.
     """
     hashing = _HashingReader(reader, cancel)
+    buffered = io.BufferedReader(hashing, CHUNK)
     errors_seen: list[BaseException] = []
     current = ""
     applier: _Applier | None = None
@@ -758,7 +840,10 @@ def apply_layer(reader: IO[bytes], root: str | os.PathLike[str], *, whiteouts: W
         applier = _Applier(root, whiteouts=whiteouts, xattr_prefix=xattr_prefix, parents=parents,
                            same_owner=same_owner, cancel=cancel)
         try:
-            tf = tarfile.open(fileobj=hashing, mode="r|", bufsize=CHUNK,  # type: ignore[call-overload]
+            # tarfile's stream reader copies its leftover buffer on every read, so it gets a
+            # small one (a record) and the read-ahead is done by the BufferedReader instead
+            tf = tarfile.open(fileobj=buffered, mode="r|",  # type: ignore[call-overload]
+                              bufsize=tarfile.RECORDSIZE,
                               tarinfo=_tarinfo_class(errors_seen), encoding="utf-8",
                               errors="surrogateescape")
         except tarfile.ReadError as e:
