@@ -12,7 +12,7 @@ aiocontainerd --root "$demo/root" --state "$demo/state" --address "$sock" \
   >"$demo/daemon.log" 2>&1 &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$demo"' EXIT
-for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+for _ in $(seq 400); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.05; done
 
 run() { echo "\$ $*"; "$@"; echo; }
 run ctr --address "$sock" version
@@ -22,5 +22,19 @@ run ctr --address "$sock" namespaces ls
 run actr --address "$sock" namespaces ls
 run ctr --address "$sock" plugins ls
 run actr --address "$sock" version
+
+# an image: busybox-static packed as an OCI image (the test suite's builder), imported by ctr,
+# unpacked into overlayfs and mounted read-only; then removed with its snapshots
+python -c 'import sys; from tests.support.images import busybox_image, oci_layout_tar
+sys.stdout.buffer.write(oci_layout_tar(busybox_image(2), "1", image_name="example.com/busybox:1"))' \
+  > "$demo/busybox.tar"
+run ctr --address "$sock" images import "$demo/busybox.tar"
+run ctr --address "$sock" images ls
+snap=$(actr --address "$sock" images mount example.com/busybox:1 "$demo/rootfs")
+run ls "$snap" "$snap/bin"
+echo "\$ $snap/bin/busybox echo hello from the image"; "$snap/bin/busybox" echo hello from the image; echo
+run ctr --address "$sock" snapshots --snapshotter overlayfs tree
+run actr --address "$sock" images unmount "$demo/rootfs"
+run ctr --address "$sock" images rm --sync example.com/busybox:1
 echo "--- daemon log"
 cat "$demo/daemon.log"
