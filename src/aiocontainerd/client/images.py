@@ -597,9 +597,17 @@ class Images:
 
 @contextlib.contextmanager
 def _opened(target: str | os.PathLike[str] | IO[bytes], mode: str) -> Any:
+    """A file opened from a path (removed again if writing it fails), or ``target`` itself."""
     if isinstance(target, str | os.PathLike):
-        with open(Path(target), mode) as f:
-            yield f
+        path = Path(target)
+        existed = path.exists()
+        try:
+            with open(path, mode) as f:
+                yield f
+        except BaseException:
+            if "w" in mode and not existed:
+                path.unlink(missing_ok=True)  # no half-written archive left behind
+            raise
     else:
         yield target
 

@@ -19,7 +19,9 @@ holds everything until the image exists:
 Progress is reported through a callback with one :class:`Progress` per blob
 event. Errors are the remotes' (NotFound, FailedPrecondition, Unavailable,
 Unimplemented for schema 1, InvalidArgument for limits); a failed pull leaves
-no image changed and its partial downloads resumable until GC.
+no image changed; its lease goes with it, so what it downloaded is collected
+(as containerd's client does). A pull interrupted by a daemon crash resumes its
+ingests from the lease, which outlives the crash.
 """
 
 from __future__ import annotations
