@@ -12,7 +12,7 @@ aiocontainerd --root "$demo/root" --state "$demo/state" --address "$sock" \
   >"$demo/daemon.log" 2>&1 &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$demo"' EXIT
-for _ in $(seq 400); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 400); do [ -S "$sock" ] && break; sleep 0.05; done   # the path appears once the daemon serves
 
 run() { echo "\$ $*"; "$@"; echo; }
 run ctr --address "$sock" version

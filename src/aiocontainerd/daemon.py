@@ -12,8 +12,10 @@ Start-up order: root (0700) and state (0711) folders; an exclusive lock on
 ``<root>/aiocontainerd.lock`` (a second daemon on the same root is refused,
 the kernel drops the lock of a killed one); the socket path is
 checked (its folder must exist unless it is the state folder; a live socket
-there is refused, a stale one removed); plugins are initialised in dependency
-order; the gRPC server binds the socket (0660, owned by ``[grpc] uid/gid``);
+there is refused) and a socket bound beside it (0660, owned by ``[grpc]
+uid/gid``); plugins are initialised in dependency order; the gRPC server
+listens, and only then is the socket linked to its path (a stale one there
+replaced), so a client never finds the path without a listener;
 the metrics server starts if ``[metrics] address`` is set. Any failure undoes
 what was done and raises :class:`StartError` (or
 :class:`~aiocontainerd.plugin.PluginError`) with the cause.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -61,11 +62,12 @@ def _socket_in_use(path: str) -> bool:
 MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
-def _bind_socket(path: str, state: Path, uid: int, gid: int) -> socket.socket:
-    """Bind the unix socket at ``path`` (0660, ``uid:gid``), replacing a stale one.
+def _bind_socket(path: str, state: Path, uid: int, gid: int) -> tuple[socket.socket, str]:
+    """Bind a unix socket (0660, ``uid:gid``) beside ``path``, to be published there later.
 
-    Binding is the test of ownership: two daemons racing for one path cannot both
-    succeed, since bind fails with EADDRINUSE once the file exists.
+    The socket is bound under a temporary name in the same folder; once the
+    server listens, :func:`_publish_socket` links it to ``path``, so the path
+    never exists without a listener behind it. Returns the socket and its name.
     """
     if len(path.encode()) > MAX_SOCKET_PATH:
         raise StartError(f"cannot listen on {path}: the path is {len(path.encode())} bytes, "
@@ -76,36 +78,58 @@ def _bind_socket(path: str, state: Path, uid: int, gid: int) -> socket.socket:
             folder.mkdir(parents=True, exist_ok=True, mode=0o711)
         else:
             raise StartError(f"cannot listen on {path}: folder {folder} does not exist")
+    _check_existing(path)
+    tmp = str(folder / f".{os.getpid()}.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        os.chmod(tmp, 0o660)
+        os.chown(tmp, uid, gid)
+    except OSError as e:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise StartError(f"cannot listen on {path}: {e.strerror or e}") from None
+    return sock, tmp
+
+
+def _check_existing(path: str) -> bool:
+    """Whether a stale socket is at ``path``; StartError for a live one or another file."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise StartError(f"cannot listen on {path}: a file that is not a socket is there")
-        if _socket_in_use(path):
-            raise StartError(f"cannot listen on {path}: another daemon is serving it")
+        return False
+    if not stat.S_ISSOCK(mode):
+        raise StartError(f"cannot listen on {path}: a file that is not a socket is there")
+    if _socket_in_use(path):
+        raise StartError(f"cannot listen on {path}: another daemon is serving it")
+    return True
+
+
+def _publish_socket(tmp: str, path: str) -> None:
+    """Link the listening socket ``tmp`` to ``path``; a stale socket there is replaced.
+
+    The link fails if ``path`` exists, so two daemons racing for one path cannot
+    both publish; the loser finds the winner's live socket and gets StartError.
+    """
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                if _check_existing(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+        raise StartError(f"cannot listen on {path}: it keeps being replaced")
+    finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise StartError(f"cannot listen on {path}: another daemon is serving it") from None
-        raise StartError(f"cannot listen on {path}: {e.strerror or e}") from None
-    try:
-        os.chmod(path, 0o660)
-        os.chown(path, uid, gid)
-    except OSError as e:
-        sock.close()
-        os.unlink(path)
-        raise StartError(f"cannot set owner {uid}:{gid} on {path}: {e.strerror}") from None
-    return sock
+            os.unlink(tmp)
 
 
-def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket]:
+def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket, str]:
     """Create root and state, lock root, bind the socket; returns the lock's fd and the socket."""
     for folder, mode in ((root, 0o700), (state, 0o711)):
         if not str(folder):
@@ -119,7 +143,7 @@ def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket]:
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd, _bind_socket(cfg.grpc.address, state, cfg.grpc.uid, cfg.grpc.gid)
+        return (fd, *_bind_socket(cfg.grpc.address, state, cfg.grpc.uid, cfg.grpc.gid))
     except BlockingIOError:
         os.close(fd)
         raise StartError(f"root {root} is in use by another daemon "
@@ -143,6 +167,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
         self._socket_ino: int | None = None
+        self._socket_tmp: str | None = None
 
     @property
     def address(self) -> str:
@@ -163,15 +188,15 @@ class Daemon:
         # shielded: a cancelled start must still get the lock and socket back to release them
         prepare = asyncio.ensure_future(asyncio.to_thread(_prepare, root, state, cfg))
         try:
-            self._lock_fd, sock = await asyncio.shield(prepare)
+            self._lock_fd, sock, tmp = await asyncio.shield(prepare)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                fd, sock = await prepare
+                fd, sock, tmp = await prepare
                 sock.close()
-                os.unlink(cfg.grpc.address)
+                os.unlink(tmp)
                 os.close(fd)
             raise
-        self._socket_ino = os.stat(cfg.grpc.address).st_ino
+        self._socket_tmp = tmp
         try:
             await self.plugins.init_all(
                 self.registrations,
@@ -187,6 +212,9 @@ class Daemon:
             self._server = Server(handlers, self.metrics)
             await self._server.start(sock=sock)
             sock = None
+            await asyncio.to_thread(_publish_socket, tmp, cfg.grpc.address)
+            self._socket_tmp = None
+            self._socket_ino = os.stat(cfg.grpc.address).st_ino
             if cfg.metrics.address:
                 self._metrics_server = MetricsServer(self.metrics, cfg.metrics.address)
                 try:
@@ -213,6 +241,10 @@ class Daemon:
 
     def _remove_socket(self) -> None:
         """Remove the socket file if it is still the one this daemon bound."""
+        if self._socket_tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket_tmp)
+            self._socket_tmp = None
         if self._socket_ino is None:
             return
         path, self._socket_ino, ino = self.config.grpc.address, None, self._socket_ino

@@ -70,3 +70,30 @@ def test_config_default_is_complete_and_loads(tmp_short: Path) -> None:
     cfg = tmp_short / "default.toml"
     cfg.write_text(r.stdout)
     assert run("config", "validate", str(cfg)).returncode == 0
+
+
+def test_two_daemons_racing_for_one_socket(tmp_short: Path) -> None:
+    sock = tmp_short / "race.sock"
+    procs = [subprocess.Popen([sys.executable, "-m", "aiocontainerd.cli.daemon",
+                               "--root", str(tmp_short / f"r{i}"), "--state", str(tmp_short / f"s{i}"),
+                               "--address", str(sock)], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        import asyncio
+
+        from tests.conftest import wait_serving
+
+        asyncio.run(wait_serving(str(sock), 30))
+        import time
+
+        time.sleep(1.5)
+        running = [p for p in procs if p.poll() is None]
+        assert len(running) == 1, [p.poll() for p in procs]
+        loser = next(p for p in procs if p.poll() is not None)
+        assert loser.returncode == 1 and "another daemon is serving it" in loser.stderr.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(20)
+    assert not sock.exists()

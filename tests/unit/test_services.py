@@ -185,3 +185,27 @@ async def test_socket_and_state_permissions(daemon: Daemon) -> None:
     assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o660
     assert stat.S_IMODE(os.stat(daemon.config.state).st_mode) == 0o711
     assert stat.S_IMODE(os.stat(daemon.config.root).st_mode) == 0o700
+
+
+async def test_socket_path_appears_only_once_serving(tmp_short: Path) -> None:
+    import asyncio
+
+    release = asyncio.Event()
+
+    async def slow(ctx):
+        await release.wait()
+        return object()
+
+    cfg = make_config(tmp_short)
+    d = Daemon(cfg, plugins=[*builtins.registrations(), Registration("io.test.v1", "slow", slow)])
+    starting = asyncio.create_task(d.start())
+    await asyncio.sleep(0.3)
+    assert not os.path.exists(cfg.grpc.address)  # still starting: no path to be refused on
+    release.set()
+    await starting
+    try:
+        async with Client(d.address) as c:
+            assert (await c.version()).version
+        assert [p.name for p in Path(cfg.state).iterdir()] == ["c.sock"]  # no temporary name left
+    finally:
+        await d.stop()
