@@ -41,7 +41,7 @@ from typing import IO, Any, cast
 
 import zstandard
 
-from tests.support.images import MEDIA_TYPES, Blob, Image, make_image
+from tests.support.images import MEDIA_TYPES, Blob, HashingWriter, Image, make_image
 
 #: (title, subtrees relative to ``/``) per layer, in order; missing subtrees are left out
 LAYER_SPEC: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -169,34 +169,11 @@ def plan(root: Path = Path("/")) -> list[tuple[str, tuple[str, ...]]]:
 
 
 # -- writing the layers ----------------------------------------------------------------------------
-class _Sink:
-    """Hashes and counts what is written, and passes it on to ``out`` (if any)."""
-
-    def __init__(self, out: Any = None) -> None:
-        self.out = out
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        if self.out is not None:
-            self.out.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        return None
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
-
 class _Tee:
     """The uncompressed tar stream: hashed (diff ID), then fed to every compressor."""
 
     def __init__(self, outs: Sequence[Any]) -> None:
-        self.diff = _Sink()
+        self.diff = HashingWriter()
         self.outs = outs
 
     def write(self, data: bytes) -> int:
@@ -235,7 +212,7 @@ def write_layer(root: Path, subtrees: Sequence[str], paths: Mapping[str, Path]) 
     """
     files = {c: open(p, "wb") for c, p in paths.items()}  # closed below
     try:
-        sinks = {c: _Sink(f) for c, f in files.items()}
+        sinks = {c: HashingWriter(f) for c, f in files.items()}
         compressors: dict[str, Any] = {}
         for c, sink in sinks.items():
             if c == "gzip":

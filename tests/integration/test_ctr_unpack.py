@@ -85,6 +85,24 @@ def expected_tree(image) -> dict[str, tuple[str, int, bytes]]:
     return out
 
 
+async def check_chain_and_view(d: DaemonProcess, snapshotter: str, chains: list[str], image) -> None:
+    """``ctr snapshots tree`` shows the chain; a view of its top, mounted with the commands
+    ``ctr snapshots mounts`` prints, holds exactly the image's files."""
+    sn = ["snapshots", "--snapshotter", snapshotter]
+    tree = (await asyncio.to_thread(d.ctr, *sn, "tree")).stdout
+    lines = [line.strip() for line in tree.splitlines() if line.strip()]
+    assert lines == [chains[0]] + ["\\_ " + c for c in chains[1:]], tree
+    await asyncio.to_thread(d.ctr, *sn, "view", "look", chains[-1])
+    target = Path(tempfile.mkdtemp(prefix="aioc-view-", dir="/tmp"))
+    commands = (await asyncio.to_thread(d.ctr, *sn, "mounts", str(target), "look")).stdout
+    subprocess.run(["sh", "-c", commands], check=True)
+    try:
+        assert tree_of(target) == expected_tree(image)
+    finally:
+        subprocess.run(["umount", "-R", str(target)], check=True)
+        target.rmdir()
+
+
 @pytest.mark.parametrize("snapshotter", ["overlayfs", "native", "btrfs"])
 async def test_pull_unpack_mount_and_remove(registry: Registry, snapshotter: str) -> None:
     need_ctr()
@@ -95,19 +113,8 @@ async def test_pull_unpack_mount_and_remove(registry: Registry, snapshotter: str
     async with daemon_on(snapshotter) as d:
         sn = ["snapshots", "--snapshotter", snapshotter]
         await asyncio.to_thread(d.ctr, "images", "pull", "--plain-http", "--snapshotter", snapshotter, ref)
-        tree = (await asyncio.to_thread(d.ctr, *sn, "tree")).stdout
-        lines = [line.strip() for line in tree.splitlines() if line.strip()]
-        assert lines == [chains[0]] + ["\\_ " + c for c in chains[1:]], tree
         # a view of the top of the chain, mounted with the commands ctr prints
-        await asyncio.to_thread(d.ctr, *sn, "view", "look", chains[-1])
-        target = Path(tempfile.mkdtemp(prefix="aioc-view-", dir="/tmp"))
-        commands = (await asyncio.to_thread(d.ctr, *sn, "mounts", str(target), "look")).stdout
-        subprocess.run(["sh", "-c", commands], check=True)
-        try:
-            assert tree_of(target) == expected_tree(image)
-        finally:
-            subprocess.run(["umount", "-R", str(target)], check=True)
-            target.rmdir()
+        await check_chain_and_view(d, snapshotter, chains, image)
         await asyncio.to_thread(d.ctr, *sn, "rm", "look")
         # the image's layers know their diff IDs; its config holds the chain for GC
         labels = (await asyncio.to_thread(d.ctr, "content", "ls")).stdout
@@ -163,20 +170,8 @@ async def test_daemon_side_unpack_matches_the_image(registry: Registry, snapshot
     ref = f"{registry.host}/test/parallel:1"
     chains = chain_ids(list(image.diff_ids))
     async with daemon_on(snapshotter) as d:
-        sn = ["snapshots", "--snapshotter", snapshotter]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aiocontainerd.cli.actr", "--address", d.address, "images", "pull",
             "--plain-http", "--snapshotter", snapshotter, ref, stdout=subprocess.DEVNULL)
         assert await proc.wait() == 0
-        tree = (await asyncio.to_thread(d.ctr, *sn, "tree")).stdout
-        lines = [line.strip() for line in tree.splitlines() if line.strip()]
-        assert lines == [chains[0]] + ["\\_ " + c for c in chains[1:]], tree
-        await asyncio.to_thread(d.ctr, *sn, "view", "look", chains[-1])
-        target = Path(tempfile.mkdtemp(prefix="aioc-view-", dir="/tmp"))
-        commands = (await asyncio.to_thread(d.ctr, *sn, "mounts", str(target), "look")).stdout
-        subprocess.run(["sh", "-c", commands], check=True)
-        try:
-            assert tree_of(target) == expected_tree(image)
-        finally:
-            subprocess.run(["umount", "-R", str(target)], check=True)
-            target.rmdir()
+        await check_chain_and_view(d, snapshotter, chains, image)

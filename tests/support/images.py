@@ -534,10 +534,10 @@ async def push(host: str, repo: str, tag: str, image: Image, *, auth: tuple[str,
 
 
 # -- large images ------------------------------------------------------------------------------------
-class _HashingWriter:
-    """A write-only sink that hashes and counts what passes through to ``out``."""
+class HashingWriter:
+    """A write-only sink that hashes and counts what passes through to ``out`` (if any)."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any = None) -> None:
         self.out = out
         self.hash = hashlib.sha256()
         self.size = 0
@@ -561,7 +561,7 @@ def write_layer(entries: Iterable[tuple[str, Entry]], path: Path,
                 compression: Compression) -> tuple[str, int, str]:
     """Stream a layer to ``path``; returns (blob digest, blob size, diff ID)."""
     with open(path, "wb") as f:
-        blob = _HashingWriter(f)
+        blob = HashingWriter(f)
         compressor: Any
         if compression == "gzip":
             compressor = gzip.GzipFile(filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=6)
@@ -569,7 +569,7 @@ def write_layer(entries: Iterable[tuple[str, Entry]], path: Path,
             compressor = zstandard.ZstdCompressor(level=3).stream_writer(cast(IO[bytes], blob), closefd=False)
         else:
             compressor = None
-        diff = _HashingWriter(compressor if compressor is not None else blob)
+        diff = HashingWriter(compressor if compressor is not None else blob)
         write_tar(diff, entries)  # type: ignore[arg-type]
         if compressor is not None:
             compressor.close()

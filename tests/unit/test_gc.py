@@ -134,15 +134,26 @@ async def test_container_labels_and_content_refs(world: World) -> None:
     assert world.on_disk() == {a, b}
 
 
-async def test_gc_never_sees_a_blob_between_commit_and_record(world: World) -> None:
+async def test_gc_never_sees_a_blob_between_commit_and_record(world: World,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
     data = os.urandom(1 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     w = await world.content.writer("default", "race", len(data), digest)
     await w.write(data)
-    import asyncio
+    # run a collection exactly in the window between the blob landing on disk and its record
+    record = world.content._record_commit
+    collections: list[asyncio.Task] = []
 
-    commit = asyncio.create_task(w.commit(labels={"containerd.io/gc.root": "yes"}))
-    collect = asyncio.create_task(world.gc.collect())
-    await asyncio.gather(commit, collect)
+    async def record_after_a_collection(*args, **kwargs):
+        collections.append(asyncio.create_task(world.gc.collect()))
+        await asyncio.sleep(0.1)  # time enough for a collection that is not held off
+        return await record(*args, **kwargs)
+
+    monkeypatch.setattr(world.content, "_record_commit", record_after_a_collection)
+    await w.commit(labels={"containerd.io/gc.root": "yes"})
+    await asyncio.gather(*collections)
+    assert collections
     await world.gc.collect()
     assert world.content.has("default", digest) and digest in world.on_disk()

@@ -31,6 +31,7 @@ from aiocontainerd.mount.mounting import (
     unmount,
     unmount_all,
 )
+from aiocontainerd.tasks import complete
 
 
 def test_parse_options() -> None:
@@ -231,7 +232,7 @@ async def test_complete_never_swallows_a_cancellation() -> None:
     that arrives as the work finishes."""
     for i in range(300):
         work = asyncio.ensure_future(asyncio.sleep(0, result=i))
-        caller = asyncio.create_task(mnt._complete(work))
+        caller = asyncio.create_task(complete(work))
         for _ in range(i % 3):
             await asyncio.sleep(0)
         if caller.cancel():

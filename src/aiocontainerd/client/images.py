@@ -638,16 +638,11 @@ async def image_chain_id(images: Images, name: str, platform: str = "") -> str:
     desc = Descriptor(t.media_type, t.digest, t.size)
     matcher = platforms.matcher_for([platform] if platform else [])
     while mt.is_index(desc.media_type):
-        kids = [k for k in limits.children(desc, await _call(_read_blob(images, desc.digest)))
-                if k.platform is None or matcher.match(k.platform)]
-        if not kids:
+        kids = limits.children(desc, await _call(_read_blob(images, desc.digest)))
+        best = matcher.select(kids, limit=1)
+        if not best:
             raise NotFound(f"image {name} has no manifest for {platform or platforms.default_string()}")
-        with_platform = [k for k in kids if k.platform is not None]
-        if with_platform:
-            best = matcher.sort([k.platform for k in with_platform])[0]
-            desc = next(k for k in with_platform if k.platform == best)
-        else:
-            desc = kids[0]
+        desc = best[0]
     if not mt.is_manifest(desc.media_type):
         raise InvalidArgument(f"{name}: {desc.media_type} is not an image manifest")
     config_desc = limits.children(desc, await _call(_read_blob(images, desc.digest)))[0]

@@ -126,11 +126,6 @@ class _Importer:
         self.files[name] = (digest, member.size)
 
 
-async def _read_blob(content: ContentStore, namespace: str, desc: Descriptor) -> bytes:
-    chunks = [c async for c in content.read(namespace, desc.digest)]
-    return b"".join(chunks)
-
-
 async def import_archive(path: str | Path, *, metadata: Metadata, namespace: str,
                          options: ImportOptions = ImportOptions()) -> list[Image]:
     """Import the tar at ``path`` (see the module doc); returns the images created or updated.
@@ -292,7 +287,7 @@ async def _label_tree(content: ContentStore, namespace: str, root: Descriptor,
             if desc is root:
                 raise InvalidArgument(f"archive lacks {desc.digest}, which index.json names")
             return []  # another platform's manifest, not in this archive
-        kids = rlimits.children(desc, await _read_blob(content, namespace, desc))
+        kids = rlimits.children(desc, await content.read_all(namespace, desc.digest))
         labels = gc_labels(desc, kids)
         if labels:
             from ..metadata.content import Info
@@ -337,7 +332,7 @@ async def export_archive(out: IO[bytes], targets: Sequence[tuple[str, CoreDescri
             blobs[desc.digest] = content.local.blob_path(desc.digest)
             if not mt.is_manifest_or_index(desc.media_type):
                 return []
-            kids = rlimits.children(desc, await _read_blob(content, namespace, desc))
+            kids = rlimits.children(desc, await content.read_all(namespace, desc.digest))
             if mt.is_manifest(desc.media_type):
                 chosen.append(desc)
                 return kids
@@ -351,7 +346,7 @@ async def export_archive(out: IO[bytes], targets: Sequence[tuple[str, CoreDescri
         index_entries.append(Descriptor(root.media_type, root.digest, root.size,
                                         annotations=annotations).to_json())
         if len(chosen) == 1:
-            manifest = json.loads(await _read_blob(content, namespace, chosen[0]))
+            manifest = json.loads(await content.read_all(namespace, chosen[0].digest))
             docker_entries.append({
                 "Config": f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}",
                 "RepoTags": [ref.familiar()] if ref.tag else [],

@@ -181,15 +181,12 @@ class _Pull:
     async def _hold(self, digest: str) -> None:
         await self.m.leases.add_resource(self.ns, self.lease, Resource(digest, "content"))
 
-    async def _read(self, desc: Descriptor) -> bytes:
-        return b"".join([c async for c in self.m.content.read(self.ns, desc.digest)])
-
     async def manifest(self, desc: Descriptor) -> list[Descriptor]:
         """Fetch (or find) a manifest/index, commit it with its labels; its children."""
         content = self.m.content
         if content.has(self.ns, desc.digest):
             await self._hold(desc.digest)
-            body = await self._read(desc)
+            body = await content.read_all(self.ns, desc.digest)
         else:
             self.limits.check_manifest_size(desc.size, desc.digest)
             body = await self.fetcher.read(desc)
@@ -222,12 +219,7 @@ class _Pull:
     def _select(self, kids: list[Descriptor]) -> list[Descriptor]:
         if self.options.all_platforms:
             return kids
-        candidates = [k for k in kids if k.platform is None or self.matcher.match(k.platform)]
-        with_platform = [k for k in candidates if k.platform is not None]
-        if with_platform:
-            best = self.matcher.sort([k.platform for k in with_platform])[0]
-            return [next(k for k in with_platform if k.platform == best)]
-        return candidates[:1]
+        return self.matcher.select(kids, limit=1)
 
     async def blob(self, desc: Descriptor, sem: asyncio.Semaphore) -> None:
         key = ref_key(desc)
@@ -306,7 +298,7 @@ async def pull(ref: str, *, resolver: Resolver, metadata: Metadata, namespace: s
         blobs: dict[str, Descriptor] = {}
         for m in manifests:
             await job.manifest(m)
-            body = await job._read(m)
+            body = await metadata.content.read_all(namespace, m.digest)
             for kid in rlimits.children(m, body, resolver.limits):
                 blobs.setdefault(kid.digest, kid)
         job.arrived = {d: asyncio.Event() for d in blobs}

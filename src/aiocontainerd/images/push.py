@@ -45,22 +45,17 @@ async def push(ref: str, target: Descriptor, *, resolver: Resolver, metadata: Me
     pusher = resolver.pusher(ref)
 
     async def read(desc: Descriptor) -> bytes:
-        return b"".join([c async for c in content.read(namespace, desc.digest)])
+        return await content.read_all(namespace, desc.digest)
 
     if options.platform is not None:
         # as ctr does with --platform: the best matching manifest alone is pushed and tagged
         while mt.is_index(target.media_type):
-            kids = [k for k in rlimits.children(target, await read(target), resolver.limits)
-                    if k.platform is None or options.platform.match(k.platform)]
-            kids = [k for k in kids if content.has(namespace, k.digest)]
-            if not kids:
+            kids = rlimits.children(target, await read(target), resolver.limits)
+            best = options.platform.select([k for k in kids if content.has(namespace, k.digest)],
+                                           limit=1)
+            if not best:
                 raise NotFound(f"no manifest of {target.digest} matches the platform to push")
-            with_platform = [k for k in kids if k.platform is not None]
-            if with_platform:
-                best = options.platform.sort([k.platform for k in with_platform])[0]
-                target = next(k for k in with_platform if k.platform == best)
-            else:
-                target = kids[0]
+            target = best[0]
 
     async def get_children(desc: Descriptor) -> list[Descriptor]:
         if not mt.is_manifest_or_index(desc.media_type):

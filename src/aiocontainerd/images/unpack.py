@@ -57,10 +57,6 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-async def _read(metadata: Metadata, namespace: str, digest: str) -> bytes:
-    return b"".join([c async for c in metadata.content.read(namespace, digest)])
-
-
 async def manifest_for(metadata: Metadata, namespace: str, target: Descriptor,
                        matcher: platforms.MatchComparer | None = None) -> Descriptor:
     """The manifest of ``target`` for the platform (an index: best match present)."""
@@ -71,18 +67,12 @@ async def manifest_for(metadata: Metadata, namespace: str, target: Descriptor,
             return desc
         if not mt.is_index(desc.media_type):
             raise InvalidArgument(f"{desc.digest}: {desc.media_type} is not an image")
-        kids = rlimits.children(desc, await _read(metadata, namespace, desc.digest))
-        present = [k for k in kids if metadata.content.has(namespace, k.digest)
-                   and (k.platform is None or matcher.match(k.platform))]
-        if not present:
+        kids = rlimits.children(desc, await metadata.content.read_all(namespace, desc.digest))
+        best = matcher.select([k for k in kids if metadata.content.has(namespace, k.digest)], limit=1)
+        if not best:
             raise NotFound(f"no manifest of {target.digest} for platform "
                            f"{platforms.default_string()} in the content store")
-        with_platform = [k for k in present if k.platform is not None]
-        if with_platform:
-            best = matcher.sort([k.platform for k in with_platform])[0]
-            desc = next(k for k in with_platform if k.platform == best)
-        else:
-            desc = present[0]
+        desc = best[0]
     raise InvalidArgument(f"{target.digest}: indexes nested too deep")
 
 
@@ -101,12 +91,12 @@ async def unpack(target: Descriptor, *, metadata: Metadata, diff: object, snapsh
     except KeyError:
         raise NotFound(f"snapshotter {snapshotter!r} not loaded") from None
     manifest = await manifest_for(metadata, namespace, target, matcher)
-    kids = rlimits.children(manifest, await _read(metadata, namespace, manifest.digest))
+    kids = rlimits.children(manifest, await metadata.content.read_all(namespace, manifest.digest))
     config_desc, layers = kids[0], kids[1:]
     if ready is not None:
         await ready(config_desc.digest)
     try:
-        config = json.loads(await _read(metadata, namespace, config_desc.digest))
+        config = json.loads(await metadata.content.read_all(namespace, config_desc.digest))
         rootfs = config.get("rootfs") or {}
         diff_ids = [str(d) for d in (rootfs.get("diff_ids") or [])]
     except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as e:

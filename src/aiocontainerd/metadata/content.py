@@ -216,6 +216,10 @@ class ContentStore:
         async for chunk in self.local.read(digest, offset, size):
             yield chunk
 
+    async def read_all(self, namespace: str, digest: str) -> bytes:
+        """The whole blob (for manifests, indexes and configs; large blobs: :meth:`read`)."""
+        return b"".join([chunk async for chunk in self.read(namespace, digest)])
+
     async def writer(self, namespace: str, ref: str, total: int = 0, expected: str = "",
                      lease: str | None = None) -> ContentWriter:
         """Open (or resume) the write ``ref`` in ``namespace``.

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from ..errors import InvalidArgument
+from ..tasks import complete
 
 T = TypeVar("T")
 MAX_KEY = 511
@@ -122,6 +123,33 @@ class Txn:
             return cur.set_range(prefix) and cur.key().startswith(prefix)
 
 
+def open_env(path: Path, databases: Iterable[str], *, map_size: int, schema_version: int,
+             what: str) -> tuple[lmdb.Environment, dict[str, Any]]:
+    """Open (creating) the LMDB folder ``path`` with named ``databases`` (one is ``meta``).
+
+    The schema version is written on creation and checked afterwards: another
+    version raises :class:`SchemaError` naming ``what``. Used by the metadata
+    store and the snapshotters' metastores.
+    """
+    names = list(databases)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = lmdb.open(str(path), map_size=map_size, max_dbs=len(names) + 8, subdir=True, lock=True,
+                    sync=True, metasync=True)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn) for name in names}
+            raw = txn.get(b"schema", db=dbs["meta"])
+            if raw is None:
+                txn.put(b"schema", str(schema_version).encode(), db=dbs["meta"])
+            elif int(raw) != schema_version:
+                raise SchemaError(f"{path}: {what} schema version {int(raw)}, "
+                                  f"this daemon reads version {schema_version}")
+    except BaseException:
+        env.close()
+        raise
+    return env, dbs
+
+
 class MetadataDB:
     """The LMDB environment; open with :meth:`open`, close with :meth:`close`."""
 
@@ -138,21 +166,8 @@ class MetadataDB:
         Raises :class:`SchemaError` if it was written with another schema version.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = lmdb.open(str(path), map_size=map_size, max_dbs=len(DATABASES) + 8,
-                        subdir=True, lock=True, sync=True, metasync=True)
-        try:
-            with env.begin(write=True) as txn:
-                dbs = {name: env.open_db(name.encode(), txn=txn) for name in DATABASES}
-                raw = txn.get(b"schema", db=dbs["meta"])
-                if raw is None:
-                    txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=dbs["meta"])
-                elif int(raw) != SCHEMA_VERSION:
-                    raise SchemaError(f"{path}: metadata schema version {int(raw)}, "
-                                      f"this daemon reads version {SCHEMA_VERSION}")
-        except BaseException:
-            env.close()
-            raise
+        env, dbs = open_env(path, DATABASES, map_size=map_size, schema_version=SCHEMA_VERSION,
+                            what="metadata")
         return cls(env, dbs, path)
 
     @contextlib.contextmanager
@@ -178,7 +193,7 @@ class MetadataDB:
         re-raises here. Runs to completion even if the caller is cancelled.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._apply, fn)
+        return await complete(loop.run_in_executor(self._writer, self._apply, fn))
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

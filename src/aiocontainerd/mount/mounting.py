@@ -47,10 +47,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from ..tasks import complete
 from . import Mount
 
 log = logging.getLogger(__name__)
@@ -454,27 +455,6 @@ def unmount_blocking(target: str | os.PathLike[str], *, recursive: bool = False,
     _unmount_sync(os.fspath(target), recursive, lazy)
 
 
-async def _complete(aw: Awaitable[T]) -> T:
-    """Await ``aw`` to its end even if the caller is cancelled meanwhile; a cancellation
-    is re-raised once it is done (its own error, if any, wins)."""
-    task = asyncio.ensure_future(aw)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            cancelled = True  # the caller was cancelled: finish the work first
-            if task.done():
-                result = task.result()  # its own error, if any, wins
-                break
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
-
-
 async def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str]) -> None:
     """Mount ``mounts`` in order on the existing folder ``target``.
 
@@ -483,9 +463,9 @@ async def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str]) -> 
     """
     mounts, dest = list(mounts), os.fspath(target)
     try:
-        await _complete(asyncio.to_thread(_mount_all_sync, mounts, dest))
+        await complete(asyncio.to_thread(_mount_all_sync, mounts, dest))
     except asyncio.CancelledError:
-        await _complete(asyncio.to_thread(_unmount_sync, dest, True, False))
+        await complete(asyncio.to_thread(_unmount_sync, dest, True, False))
         raise
 
 
@@ -496,7 +476,7 @@ async def unmount(target: str | os.PathLike[str], *, recursive: bool = False, la
     Not mounted or absent: nothing to do. Raises :class:`OSError` (EBUSY after
     2.5 s of retries, EPERM, ...). Runs to completion even if cancelled.
     """
-    await _complete(asyncio.to_thread(_unmount_sync, os.fspath(target), recursive, lazy))
+    await complete(asyncio.to_thread(_unmount_sync, os.fspath(target), recursive, lazy))
 
 
 async def unmount_all(target: str | os.PathLike[str], *, lazy: bool = False) -> None:
@@ -554,10 +534,10 @@ async def temp_mount(mounts: Iterable[Mount], *, root: str | os.PathLike[str] | 
     making = asyncio.ensure_future(asyncio.to_thread(tempfile.mkdtemp, prefix="aiocontainerd-mount-",
                                                      dir=base))
     try:
-        folder = Path(await _complete(making))
+        folder = Path(await complete(making))
     except asyncio.CancelledError:
         if not making.cancelled() and making.exception() is None:  # made, but too late
-            await _complete(asyncio.to_thread(os.rmdir, making.result()))
+            await complete(asyncio.to_thread(os.rmdir, making.result()))
         raise
     unmounted = False
     try:
@@ -568,9 +548,9 @@ async def temp_mount(mounts: Iterable[Mount], *, root: str | os.PathLike[str] | 
             await unmount(folder, recursive=True)
         unmounted = True
     finally:
-        if unmounted or not await _complete(asyncio.to_thread(is_mountpoint, folder)):
+        if unmounted or not await complete(asyncio.to_thread(is_mountpoint, folder)):
             # an error in mount_all left nothing mounted; rmdir never deletes contents
-            await _complete(asyncio.to_thread(os.rmdir, folder))
+            await complete(asyncio.to_thread(os.rmdir, folder))
 
 
 def running_in_userns() -> bool:

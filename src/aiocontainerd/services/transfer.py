@@ -274,7 +274,7 @@ class _PullProgress:
 
         content = self.service.metadata.content
         with contextlib.suppress(Exception):
-            body = b"".join([c async for c in content.read(self.namespace, p.digest)])
+            body = await content.read_all(self.namespace, p.digest)
             kids = limits.children(RemoteDescriptor(p.media_type, p.digest, p.total), body)
             self.tree.add_children(p.key, kids)
 
@@ -451,7 +451,7 @@ class TransferService(api.TransferBase):
             if not mediatypes.is_manifest_or_index(desc.media_type) or \
                     not content.has(namespace, desc.digest):
                 return []
-            body = b"".join([c async for c in content.read(namespace, desc.digest)])
+            body = await content.read_all(namespace, desc.digest)
             kids = limits.children(desc, body)
             tree.add_children(_ref_key(desc.media_type, desc.digest), kids)
             return kids

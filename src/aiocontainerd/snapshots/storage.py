@@ -56,7 +56,7 @@ import os
 import shutil
 import stat as stat_mod
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +65,8 @@ import lmdb
 
 from .. import filters
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from ..metadata.db import MAX_KEY, Txn
+from ..metadata.db import MAX_KEY, SchemaError, Txn, open_env
+from ..tasks import complete
 from . import INHERITED_PREFIX, Info, Kind, Snapshotter, Usage
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ DATABASES = ("meta", "snapshots", "parents")
 #: Set by the unpacker on an extraction snapshot; inherited on commit like the
 #: ``containerd.io/snapshot/`` labels (containerd's FilterInheritedLabels).
 LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
-
-
-class SchemaError(RuntimeError):
-    """The metastore on disk has a schema this daemon does not read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,28 +95,6 @@ def inherited_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """The labels a committed snapshot inherits from its active one: those under
     :data:`~aiocontainerd.snapshots.INHERITED_PREFIX` and ``containerd.io/snapshot.ref``."""
     return {k: v for k, v in labels.items() if k.startswith(INHERITED_PREFIX) or k == LABEL_SNAPSHOT_REF}
-
-
-async def complete(aw: Awaitable[T]) -> T:
-    """Await ``aw`` to its end even if the caller is cancelled meanwhile, then re-raise
-    the cancellation. For work that must not be abandoned half-way (a copy that
-    would otherwise race its own clean-up, a committed write)."""
-    task = asyncio.ensure_future(aw)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            cancelled = True  # the caller was cancelled: finish the work first
-            if task.done():
-                result = task.result()  # its own error, if any, wins
-                break
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 def disk_usage(path: str | os.PathLike[str]) -> Usage:
@@ -203,21 +178,8 @@ class MetaStore:
         Raises :class:`SchemaError` if it was written with another schema version.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = lmdb.open(str(path), map_size=map_size, max_dbs=len(DATABASES) + 2, subdir=True,
-                        lock=True, sync=True, metasync=True)
-        try:
-            with env.begin(write=True) as txn:
-                dbs = {name: env.open_db(name.encode(), txn=txn) for name in DATABASES}
-                raw = txn.get(b"schema", db=dbs["meta"])
-                if raw is None:
-                    txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=dbs["meta"])
-                elif int(raw) != SCHEMA_VERSION:
-                    raise SchemaError(f"{path}: snapshot metastore schema version {int(raw)}, "
-                                      f"this daemon reads version {SCHEMA_VERSION}")
-        except BaseException:
-            env.close()
-            raise
+        env, dbs = open_env(path, DATABASES, map_size=map_size, schema_version=SCHEMA_VERSION,
+                            what="snapshot metastore")
         return cls(env, dbs, path)
 
     # -- plumbing
