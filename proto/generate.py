@@ -25,12 +25,38 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 API = ROOT / "src" / "aiocontainerd" / "api"
 OPTIONS = "client_generation=async,server_generation=async"
+# Services spoken only over ttrpc (shim <-> daemon): their modules get messages
+# only, so a shim that imports them does not import grpclib.
+TTRPC_ONLY = ("containerd/runtime/task/v2/shim.proto", "containerd/services/ttrpc/events/v1/events.proto")
+MESSAGES_ONLY = "client_generation=none,server_generation=none"
 HEADER = '"""Generated from proto/ by proto/generate.py (betterproto2); never edit by hand."""\n'
 
 
 def generate(out: Path) -> None:
     """Run protoc over every .proto below proto/, writing the package tree to ``out``."""
     sources = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
+    run_protoc(out, sources, OPTIONS)
+    # A package's module holds all its files' messages, so the messages-only run
+    # goes to a side tree and only the ttrpc services' own modules are taken.
+    with tempfile.TemporaryDirectory() as side:
+        run_protoc(Path(side), list(TTRPC_ONLY), MESSAGES_ONLY)
+        for proto in TTRPC_ONLY:
+            shutil.copyfile(Path(side) / ttrpc_package_dir(proto) / "__init__.py",
+                            out / ttrpc_package_dir(proto) / "__init__.py")
+    (out / "__init__.py").write_text(HEADER)
+    for module in out.rglob("*.py"):
+        fix_shadowed_imports(module)
+
+
+def ttrpc_package_dir(proto: str) -> Path:
+    """The generated package folder of a .proto file, from its ``package`` line."""
+    m = re.search(r"^package ([\w.]+);", (PROTO / proto).read_text(), re.M)
+    assert m, proto
+    return Path(*m.group(1).split("."))
+
+
+def run_protoc(out: Path, sources: list[str], options: str) -> None:
+    """One protoc run of ``sources`` with betterproto2 ``options`` into ``out``."""
     with tempfile.TemporaryDirectory() as tmp:
         plugin = Path(tmp) / "protoc-gen-aiocontainerd"
         plugin.write_text(
@@ -42,7 +68,7 @@ def generate(out: Path) -> None:
             f"-I{PROTO}",
             f"--plugin=protoc-gen-aiocontainerd={plugin}",
             f"--aiocontainerd_out={out}",
-            f"--aiocontainerd_opt={OPTIONS}",
+            f"--aiocontainerd_opt={options}",
             *sources,
         ]
         # The compiler formats with `ruff format -`, which takes its settings from
@@ -50,9 +76,6 @@ def generate(out: Path) -> None:
         result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"protoc failed:\n{result.stderr}")
-    (out / "__init__.py").write_text(HEADER)
-    for module in out.rglob("*.py"):
-        fix_shadowed_imports(module)
 
 
 def fix_shadowed_imports(module: Path) -> None:

@@ -3,21 +3,13 @@
 # plugin: python-betterproto2
 # This file has been @generated
 
-__all__ = ("EventsBase", "EventsStub", "ForwardRequest")
+__all__ = ("ForwardRequest",)
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import betterproto2
-import grpclib
-from betterproto2 import grpclib as betterproto2_grpclib
 
 from ......message_pool import default_message_pool
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto2.grpclib.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -35,60 +27,4 @@ default_message_pool.register_message(
 )
 
 
-class EventsStub(betterproto2_grpclib.ServiceStub):
-    """
-    Events (ttrpc): forward events from shims to containerd.
-    """
-
-    async def forward(
-        self,
-        message: "ForwardRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "_____google__protobuf__.Empty":
-
-        return await self._unary_unary(
-            "/containerd.services.events.ttrpc.v1.Events/Forward",
-            message,
-            _____google__protobuf__.Empty,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-
-from ......google import protobuf as _____google__protobuf__
 from ..... import types as ____types__
-
-
-class EventsBase(betterproto2_grpclib.ServiceBase):
-    """
-    Events (ttrpc): forward events from shims to containerd.
-    """
-
-    async def forward(
-        self, message: "ForwardRequest"
-    ) -> "_____google__protobuf__.Empty":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def __rpc_forward(
-        self,
-        stream: "grpclib.server.Stream[ForwardRequest, _____google__protobuf__.Empty]",
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.forward(request)
-        await stream.send_message(response)
-
-    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
-        return {
-            "/containerd.services.events.ttrpc.v1.Events/Forward": grpclib.const.Handler(
-                self.__rpc_forward,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                ForwardRequest,
-                _____google__protobuf__.Empty,
-            ),
-        }
