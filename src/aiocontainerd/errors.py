@@ -7,7 +7,36 @@ them, so a caller of either side catches the same classes.
 
 from __future__ import annotations
 
-from grpclib.const import Status
+import enum
+
+
+class Code(enum.IntEnum):
+    """gRPC status codes (grpc/grpc doc/statuscodes.md); equal to grpclib's ``Status``.
+
+    Kept here rather than taken from grpclib so the shim and the ttrpc layer,
+    which must not import grpclib, share the core's errors.
+    """
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+Status = Code
 
 
 class ContainerdError(Exception):
@@ -62,6 +91,24 @@ class Aborted(ContainerdError):
     code = Status.ABORTED
 
 
+class DeadlineExceeded(ContainerdError):
+    """The operation did not finish before its deadline (DEADLINE_EXCEEDED)."""
+
+    code = Status.DEADLINE_EXCEEDED
+
+
+class Canceled(ContainerdError):
+    """The caller cancelled the operation (CANCELLED)."""
+
+    code = Status.CANCELLED
+
+
+class Internal(ContainerdError):
+    """An invariant broke inside the daemon or a shim (INTERNAL)."""
+
+    code = Status.INTERNAL
+
+
 BY_CODE: dict[Status, type[ContainerdError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
@@ -69,6 +116,6 @@ BY_CODE: dict[Status, type[ContainerdError]] = {
 }
 
 
-def from_status(code: Status, message: str) -> ContainerdError:
+def from_status(code: int, message: str) -> ContainerdError:
     """The core error for a gRPC status received from a server (client side)."""
-    return BY_CODE.get(code, ContainerdError)(message)
+    return BY_CODE.get(Code(getattr(code, "value", code)), ContainerdError)(message)

@@ -88,8 +88,8 @@ class Server(grpclib.server.Server):
             try:
                 await func(stream)
             except ContainerdError as e:
-                code = e.code
-                raise GRPCError(e.code, e.message) from None
+                code = grpclib.const.Status(e.code)
+                raise GRPCError(code, e.message) from None
             except GRPCError as e:
                 code = e.status
                 raise

@@ -1,0 +1,1 @@
+"""OCI runtime spec generation: containerd's default Linux spec and the options applied to it."""

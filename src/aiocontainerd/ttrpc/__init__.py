@@ -1,0 +1,1 @@
+"""ttrpc (containerd/ttrpc PROTOCOL.md) on asyncio: client and server; imports no grpclib."""
