@@ -16,7 +16,10 @@ there is refused) and a socket bound beside it (0660, owned by ``[grpc]
 uid/gid``); plugins are initialised in dependency order; the gRPC server
 listens, and only then is the socket linked to its path (a stale one there
 replaced), so a client never finds the path without a listener;
-the metrics server starts if ``[metrics] address`` is set. Any failure undoes
+the ttrpc server (the ``io.containerd.ttrpc.v1`` plugins, e.g. the events
+shims forward) is published the same way on ``[ttrpc] address``
+(``<grpc.address>.ttrpc`` by default); the metrics server starts if
+``[metrics] address`` is set. Any failure undoes
 what was done and raises :class:`StartError` (or
 :class:`~aiocontainerd.plugin.PluginError`) with the cause.
 """
@@ -33,13 +36,16 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import builtins
 from .config import Config
 from .metrics import Metrics, MetricsServer
-from .plugin import GRPC, PluginSet, Registration
+from .plugin import GRPC, TTRPC, PluginSet, Registration
 from .services.server import Server
+
+if TYPE_CHECKING:
+    from .ttrpc import Server as TTRPCServer
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "aiocontainerd.lock"
@@ -62,7 +68,8 @@ def _socket_in_use(path: str) -> bool:
 MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
-def _bind_socket(path: str, state: Path, uid: int, gid: int) -> tuple[socket.socket, str]:
+def _bind_socket(path: str, state: Path, uid: int, gid: int,
+                 tag: str = "grpc") -> tuple[socket.socket, str]:
     """Bind a unix socket (0660, ``uid:gid``) beside ``path``, to be published there later.
 
     The socket is bound under a temporary name in the same folder; once the
@@ -79,7 +86,7 @@ def _bind_socket(path: str, state: Path, uid: int, gid: int) -> tuple[socket.soc
         else:
             raise StartError(f"cannot listen on {path}: folder {folder} does not exist")
     _check_existing(path)
-    tmp = str(folder / f".{os.getpid()}.sock")
+    tmp = str(folder / f".{os.getpid()}.{tag}.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,6 +175,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self._socket_ino: int | None = None
         self._socket_tmp: str | None = None
+        self._ttrpc: TTRPCServer | None = None
+        self._ttrpc_ino: int | None = None
 
     @property
     def address(self) -> str:
@@ -215,6 +224,7 @@ class Daemon:
             await asyncio.to_thread(_publish_socket, tmp, cfg.grpc.address)
             self._socket_tmp = None
             self._socket_ino = os.stat(cfg.grpc.address).st_ino
+            await self._start_ttrpc(state)
             if cfg.metrics.address:
                 self._metrics_server = MetricsServer(self.metrics, cfg.metrics.address)
                 try:
@@ -229,6 +239,29 @@ class Daemon:
             raise
         log.info("aiocontainerd successfully booted",
                  extra={"fields": {"address": cfg.grpc.address, "pid": os.getpid()}})
+
+    async def _start_ttrpc(self, state: Path) -> None:
+        """Serve the ``io.containerd.ttrpc.v1`` plugins on ``[ttrpc] address``."""
+        cfg = self.config
+        services = [p.instance for p in self.plugins.of_type(TTRPC) if p.ok]
+        if not services:
+            return
+        from .ttrpc import Server as TTRPCServer
+
+        self._ttrpc = TTRPCServer()
+        for service in services:
+            service.register_ttrpc(self._ttrpc)
+        sock, tmp = await asyncio.to_thread(_bind_socket, cfg.ttrpc_address, state,
+                                            cfg.ttrpc.uid, cfg.ttrpc.gid, "ttrpc")
+        try:
+            await self._ttrpc.start(sock=sock)
+            await asyncio.to_thread(_publish_socket, tmp, cfg.ttrpc_address)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._ttrpc_ino = os.stat(cfg.ttrpc_address).st_ino
 
     async def stop(self) -> None:
         """Stop serving: close the sockets, let running calls end, close plugins."""
@@ -262,6 +295,13 @@ class Daemon:
                 except TimeoutError:
                     log.warning("requests still running at shutdown were cancelled")
         self._remove_socket()
+        if self._ttrpc is not None:
+            ttrpc_server, self._ttrpc = self._ttrpc, None
+            await ttrpc_server.close()
+            path, ino, self._ttrpc_ino = self.config.ttrpc_address, self._ttrpc_ino, None
+            with contextlib.suppress(FileNotFoundError):
+                if ino is not None and os.stat(path).st_ino == ino:
+                    os.unlink(path)
         if self._metrics_server is not None:
             await self._metrics_server.close()
             self._metrics_server = None

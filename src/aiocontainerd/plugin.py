@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Plugin types, as containerd names them.
 METADATA = "io.containerd.metadata.v1"
 EVENT = "io.containerd.event.v1"
+TTRPC = "io.containerd.ttrpc.v1"
 SERVICE = "io.containerd.service.v1"
 GRPC = "io.containerd.grpc.v1"
 INTERNAL = "io.containerd.internal.v1"
