@@ -10,11 +10,19 @@ process never mix their figures). Exported:
 - ``aiocontainerd_build_info{version,revision,python}``: always 1.
 
 The names follow go-grpc-prometheus, which containerd exports.
+
+Scrape hooks (:meth:`Metrics.add_scrape_hook`) are async functions awaited before
+each render at ``/v1/metrics``, for collectors whose figures must be fetched
+asynchronously first (task cgroup statistics from shims:
+:mod:`aiocontainerd.cgroups.prometheus`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import platform
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -26,6 +34,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 PATH = "/v1/metrics"
+log = logging.getLogger("aiocontainerd.metrics")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -50,6 +59,25 @@ class Metrics:
         build = Gauge("aiocontainerd_build_info", "Build information of the daemon.",
                       ("version", "revision", "python"), registry=self.registry)
         build.labels(version(), REVISION, platform.python_version()).set(1)
+        self._scrape_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def add_scrape_hook(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Await ``hook()`` before every scrape (see :meth:`refresh`); returns its remover."""
+        self._scrape_hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._scrape_hooks:
+                self._scrape_hooks.remove(hook)
+        return remove
+
+    async def refresh(self) -> None:
+        """Run the scrape hooks concurrently; a failing hook is logged, never raised."""
+        if not self._scrape_hooks:
+            return
+        results = await asyncio.gather(*(h() for h in list(self._scrape_hooks)), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                log.warning("metrics scrape hook failed: %s", r)
 
     def observe_grpc(self, method: str, kind: str, code: str, seconds: float) -> None:
         """Record one completed call of ``method`` (``/pkg.Service/Method``) of type ``kind``."""
@@ -81,6 +109,7 @@ class MetricsServer:
     async def _handle(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
+        await self._metrics.refresh()
         body = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
