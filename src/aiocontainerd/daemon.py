@@ -215,6 +215,7 @@ class Daemon:
                             "ttrpc.address": cfg.ttrpc_address},
                 disabled=cfg.disabled_plugins,
                 required=cfg.required_plugins,
+                metrics=self.metrics,
             )
             handlers = [p.instance for p in self.plugins.of_type(GRPC)
                         if p.ok and hasattr(p.instance, "__mapping__")]

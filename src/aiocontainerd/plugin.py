@@ -31,9 +31,12 @@ import logging
 import platform
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FailedPrecondition, NotFound
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class InitContext:
     properties: dict[str, str]
     plugins: PluginSet
     exports: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: Metrics | None = None  # the daemon's /v1/metrics registry, when there is one
 
     def get(self, type_: str, id_: str | None = None) -> Any:
         """The instance of the required plugin ``type_`` (and ``id_``).
@@ -198,6 +202,7 @@ class PluginSet:
         properties: dict[str, str],
         disabled: Iterable[str] = (),
         required: Iterable[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         """Initialise ``registrations`` in dependency order (see the module doc).
 
@@ -218,6 +223,7 @@ class PluginSet:
                 state=state / reg.uri,
                 properties=properties,
                 plugins=self,
+                metrics=metrics,
             )
             plugin = Plugin(reg, platforms=[_host_platform()])
             self.plugins.append(plugin)
