@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .diff.service import PLUGIN as DIFF_SERVICE
+from .events import PLUGIN as EVENT_EXCHANGE
 from .images.service import PLUGIN as TRANSFER_LOCAL
 from .metadata.plugin import CONTENT_PLUGIN as CONTENT_LOCAL
 from .metadata.plugin import PLUGIN as METADATA_LMDB
@@ -11,6 +12,7 @@ from .plugin import Registration
 from .services.containers import PLUGIN as CONTAINERS
 from .services.content import PLUGIN as CONTENT
 from .services.diff import PLUGIN as DIFF
+from .services.events import PLUGINS as EVENTS_PLUGINS
 from .services.health import PLUGIN as HEALTH
 from .services.images import PLUGIN as IMAGES
 from .services.introspection import PLUGIN as INTROSPECTION
@@ -31,7 +33,8 @@ def registrations() -> list[Registration]:
     return [CONTENT_LOCAL, METADATA_LMDB, GC_SCHEDULER, TRANSFER_LOCAL, VERSION, NAMESPACES,
             CONTAINERS, CONTENT, IMAGES, LEASES, SNAPSHOTS, INTROSPECTION, HEALTH,
             *TRANSFER_PLUGINS, SNAPSHOTTER_OVERLAYFS, SNAPSHOTTER_NATIVE, SNAPSHOTTER_BTRFS,
-            SNAPSHOTTER_DEVMAPPER, SNAPSHOTTER_WINDOWS, DIFF_SERVICE, DIFF]
+            SNAPSHOTTER_DEVMAPPER, SNAPSHOTTER_WINDOWS, DIFF_SERVICE, DIFF,
+            EVENT_EXCHANGE, *EVENTS_PLUGINS]
 
 
 def config_types() -> dict[str, type | None]:

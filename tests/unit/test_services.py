@@ -12,7 +12,7 @@ from grpclib.exceptions import GRPCError
 
 from aiocontainerd import Client, Daemon, builtins
 from aiocontainerd.api.containerd.services.containers import v1 as containers_api
-from aiocontainerd.api.containerd.services.tasks import v1 as tasks_api
+from aiocontainerd.api.containerd.services.sandbox import v1 as sandbox_api
 from aiocontainerd.api.google import protobuf as pb
 from aiocontainerd.api.grpc.health import v1 as health_api
 from aiocontainerd.config import MetricsConfig
@@ -84,9 +84,9 @@ async def test_invalid_namespace_header_is_invalid_argument(client: Client) -> N
 
 
 async def test_unimplemented_service_answers_unimplemented(client: Client) -> None:
-    stub = tasks_api.TasksStub(client._channel)
+    stub = sandbox_api.StoreStub(client._channel)
     with pytest.raises(GRPCError) as e:
-        await stub.list(tasks_api.ListTasksRequest())
+        await stub.list(sandbox_api.StoreListRequest())
     assert e.value.status == Status.UNIMPLEMENTED
 
 
@@ -111,7 +111,8 @@ async def test_plugins_report_failures_and_skips(tmp_short: Path) -> None:
         assert "disk on fire" in plugins[(GRPC, "broken")].error
         assert plugins[("io.containerd.snapshotter.v1", "windows")].status == "skip"
         assert plugins[(GRPC, "namespaces")].status == "ok"
-        assert plugins[(GRPC, "namespaces")].requires == ("io.containerd.metadata.v1",)
+        assert plugins[(GRPC, "namespaces")].requires == ("io.containerd.metadata.v1",
+                                                          "io.containerd.event.v1")
         only = await c.plugins(["type==io.containerd.metadata.v1"])
         assert [(p.type, p.id) for p in only] == [("io.containerd.metadata.v1", "lmdb")]
         await c.namespaces.create("still-serving")
@@ -206,6 +207,8 @@ async def test_socket_path_appears_only_once_serving(tmp_short: Path) -> None:
     try:
         async with Client(d.address) as c:
             assert (await c.version()).version
-        assert [p.name for p in Path(cfg.state).iterdir()] == ["c.sock"]  # no temporary name left
+        # no temporary name left: the gRPC socket and the ttrpc one beside it
+        assert sorted(p.name for p in Path(cfg.state).iterdir() if p.is_socket()) == [
+            "c.sock", "c.sock.ttrpc"]
     finally:
         await d.stop()

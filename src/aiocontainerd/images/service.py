@@ -9,6 +9,13 @@ the registry configuration:
 - ``docker_config``: a docker ``config.json`` to take credentials from
   (empty: none); credentials given with a request win;
 - ``max_concurrent_downloads`` / ``max_concurrent_uploads``: blobs at once.
+
+With an event exchange, every image a pull or an import stores is announced
+in its namespace as containerd's images store does: ``/images/create``
+(``ImageCreate``: name, labels) for a new image, ``/images/update``
+(``ImageUpdate``) for an existing one moved to the new target. (A new image is
+recognised by the store's timestamps: create sets ``created_at`` and
+``updated_at`` to the same instant, an update moves ``updated_at`` on.)
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import IO, TYPE_CHECKING
 from ..errors import FailedPrecondition, InvalidArgument
 from ..metadata.images import Image
 from ..metadata.plugin import Metadata
-from ..plugin import METADATA, SERVICE, InitContext, Registration
+from ..plugin import EVENT, METADATA, SERVICE, InitContext, Registration
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported on first use, not at daemon start
+    from ..events import Exchange
     from ..remotes import Resolver
     from ..remotes.descriptor import Descriptor
     from ..remotes.pusher import PushResult
@@ -53,11 +61,32 @@ Credentials = Mapping[str, tuple[str, str]]
 class ImageService:
     """Moves images in and out of one daemon's stores (see the module doc)."""
 
-    def __init__(self, metadata: Metadata, config: TransferConfig, diff: object = None) -> None:
+    def __init__(self, metadata: Metadata, config: TransferConfig, diff: object = None,
+                 events: Exchange | None = None) -> None:
         self.metadata = metadata
         self.config = config
         #: the diff service, for unpacking; None when it did not load
         self.diff = diff
+        #: where image changes are published; None: not published
+        self.events = events
+
+    def stored(self, namespace: str, image: Image, created: bool | None = None) -> Image:
+        """Publish ``/images/create`` (``created``) or ``/images/update`` for ``image``; return it.
+
+        ``created=None``: tell from the image's timestamps (see the module doc).
+        """
+        if self.events is not None:
+            from ..api.containerd.services.images import v1 as images_api
+
+            if created is None:
+                created = image.created_at == image.updated_at
+            if created:
+                self.events.publish(namespace, "/images/create",
+                                    images_api.ImageCreate(name=image.name, labels=dict(image.labels)))
+            else:
+                self.events.publish(namespace, "/images/update",
+                                    images_api.ImageUpdate(name=image.name, labels=dict(image.labels)))
+        return image
 
     def resolver(self, credentials: Credentials | None = None, *, plain_http: bool = False) -> Resolver:
         """A resolver with the configured hosts and credentials (request ones first)."""
@@ -96,8 +125,9 @@ class ImageService:
                               max_concurrent=self.config.max_concurrent_downloads,
                               snapshotter=snapshotter, unpack_platform=unpack_matcher)
         async with self.resolver(credentials, plain_http=plain_http) as resolver:
-            return await pull(ref, resolver=resolver, metadata=self.metadata, namespace=namespace,
-                              options=options, progress=progress, diff=self.diff)
+            image = await pull(ref, resolver=resolver, metadata=self.metadata, namespace=namespace,
+                               options=options, progress=progress, diff=self.diff)
+        return self.stored(namespace, image)
 
     async def push(self, namespace: str, name: str, ref: str = "", *,
                    platform_specs: Sequence[str] = (), credentials: Credentials | None = None,
@@ -122,8 +152,9 @@ class ImageService:
                              base_name: str = "") -> list[Image]:
         from . import archive
 
-        return await archive.import_archive(path, metadata=self.metadata, namespace=namespace,
-                                            options=archive.ImportOptions(base_name=base_name))
+        images = await archive.import_archive(path, metadata=self.metadata, namespace=namespace,
+                                              options=archive.ImportOptions(base_name=base_name))
+        return [self.stored(namespace, i) for i in images]
 
     async def export_archive(self, namespace: str, out: IO[bytes], names: Sequence[str], *,
                              platform_specs: Sequence[str] = ()) -> None:
@@ -140,7 +171,8 @@ class ImageService:
 
 async def _init(ctx: InitContext) -> ImageService:
     diff = ctx.get_all(SERVICE).get("diff-service")
-    return ImageService(ctx.get(METADATA), ctx.config, diff)
+    return ImageService(ctx.get(METADATA), ctx.config, diff, ctx.get(EVENT))
 
 
-PLUGIN = Registration(TRANSFER, "local", _init, requires=(METADATA, SERVICE), config=TransferConfig)
+PLUGIN = Registration(TRANSFER, "local", _init, requires=(METADATA, SERVICE, EVENT),
+                      config=TransferConfig)

@@ -1,15 +1,24 @@
-"""``containerd.services.containers.v1.Containers`` (plugin ``io.containerd.grpc.v1.containers``)."""
+"""``containerd.services.containers.v1.Containers`` (plugin ``io.containerd.grpc.v1.containers``).
+
+Publishes, in the request's namespace once the change is stored (as
+containerd's containers service): ``/containers/create`` (``ContainerCreate``:
+id, image, runtime name and options), ``/containers/update``
+(``ContainerUpdate``: id, image, labels, snapshot key of the updated
+container) and ``/containers/delete`` (``ContainerDelete``: id).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from ..api.containerd import events
 from ..api.containerd.services.containers import v1 as api
 from ..api.google import protobuf as pb
 from ..errors import InvalidArgument
+from ..events import Exchange
 from ..metadata import ContainerStore
 from ..metadata.containers import Container, Runtime
-from ..plugin import GRPC, METADATA, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, InitContext, Registration
 from . import context
 from .convert import any_, from_any, mask_paths, timestamp
 
@@ -48,8 +57,9 @@ def _core(c: api.Container | None) -> Container:
 
 
 class ContainersService(api.ContainersBase):
-    def __init__(self, store: ContainerStore) -> None:
+    def __init__(self, store: ContainerStore, exchange: Exchange) -> None:
         self._store = store
+        self._events = exchange
 
     async def get(self, message: api.GetContainerRequest) -> api.GetContainerResponse:
         return api.GetContainerResponse(
@@ -66,21 +76,31 @@ class ContainersService(api.ContainersBase):
             yield api.ListContainerMessage(container=_wire(c))
 
     async def create(self, message: api.CreateContainerRequest) -> api.CreateContainerResponse:
-        c = await self._store.create(context.namespace(), _core(message.container))
-        return api.CreateContainerResponse(container=_wire(c))
+        namespace = context.namespace()
+        c = await self._store.create(namespace, _core(message.container))
+        wire = _wire(c)
+        self._events.publish(namespace, "/containers/create", events.ContainerCreate(
+            id=c.id, image=c.image,
+            runtime=events.ContainerCreateRuntime(name=c.runtime.name, options=wire.runtime.options)))
+        return api.CreateContainerResponse(container=wire)
 
     async def update(self, message: api.UpdateContainerRequest) -> api.UpdateContainerResponse:
-        c = await self._store.update(context.namespace(), _core(message.container),
-                               mask_paths(message.update_mask))
+        namespace = context.namespace()
+        c = await self._store.update(namespace, _core(message.container),
+                                     mask_paths(message.update_mask))
+        self._events.publish(namespace, "/containers/update", events.ContainerUpdate(
+            id=c.id, image=c.image, labels=dict(c.labels), snapshot_key=c.snapshot_key))
         return api.UpdateContainerResponse(container=_wire(c))
 
     async def delete(self, message: api.DeleteContainerRequest) -> pb.Empty:
-        await self._store.delete(context.namespace(), message.id)
+        namespace = context.namespace()
+        await self._store.delete(namespace, message.id)
+        self._events.publish(namespace, "/containers/delete", events.ContainerDelete(id=message.id))
         return pb.Empty()
 
 
 async def _init(ctx: InitContext) -> ContainersService:
-    return ContainersService(ctx.get(METADATA).containers)
+    return ContainersService(ctx.get(METADATA).containers, ctx.get(EVENT))
 
 
-PLUGIN = Registration(GRPC, "containers", _init, requires=(METADATA,))
+PLUGIN = Registration(GRPC, "containers", _init, requires=(METADATA, EVENT))

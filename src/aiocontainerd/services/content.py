@@ -7,6 +7,11 @@ must equal the current one; offset 0 on a started ingest restarts it),
 ``COMMIT`` verifies and commits with labels, then the stream ends. An
 ``expected`` digest the namespace already has ends the stream AlreadyExists.
 Reads stream 1 MiB chunks.
+
+Events, in the request's namespace (as containerd's metadata content store):
+``/content/create`` (``ContentCreate``: digest, size; no media type, which a
+Write does not carry) when a Write commits a blob new to the namespace,
+``/content/delete`` (``ContentDelete``: digest) on Delete.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from collections.abc import AsyncIterator
 from grpclib.const import Status as Code
 from grpclib.exceptions import GRPCError
 
+from ..api.containerd import events
 from ..api.containerd.services.content import v1 as api
 from ..api.google import protobuf as pb
 from ..content import Status
 from ..errors import InvalidArgument
+from ..events import Exchange
 from ..metadata.content import ContentStore, Info
-from ..plugin import GRPC, METADATA, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, InitContext, Registration
 from . import context
 from .convert import mask_paths, timestamp
 
@@ -37,8 +44,9 @@ def _status(s: Status) -> api.Status:
 
 
 class ContentService(api.ContentBase):
-    def __init__(self, store: ContentStore) -> None:
+    def __init__(self, store: ContentStore, exchange: Exchange) -> None:
         self._store = store
+        self._events = exchange
 
     async def info(self, message: api.InfoRequest) -> api.InfoResponse:
         return api.InfoResponse(info=_info(self._store.info(context.namespace(), message.digest)))
@@ -56,7 +64,9 @@ class ContentService(api.ContentBase):
             yield api.ListContentResponse(info=[_info(i) for i in items[start:start + 100]])
 
     async def delete(self, message: api.DeleteContentRequest) -> pb.Empty:
-        await self._store.delete(context.namespace(), message.digest)
+        namespace = context.namespace()
+        await self._store.delete(namespace, message.digest)
+        self._events.publish(namespace, "/content/delete", events.ContentDelete(digest=message.digest))
         return pb.Empty()
 
     async def read(self, message: api.ReadContentRequest) -> AsyncIterator[api.ReadContentResponse]:
@@ -117,7 +127,9 @@ class ContentService(api.ContentBase):
                         await writer.write(req.data)
                     out.offset = writer.offset
                     if req.action == api.WriteAction.COMMIT:
-                        await writer.commit(total, expected, req.labels)
+                        info = await writer.commit(total, expected, req.labels)
+                        self._events.publish(namespace, "/content/create", events.ContentCreate(
+                            digest=info.digest, size=info.size))
                     out.digest = writer.digest()
                 else:
                     raise InvalidArgument(f"unknown write action {req.action}")
@@ -132,7 +144,7 @@ class ContentService(api.ContentBase):
 
 
 async def _init(ctx: InitContext) -> ContentService:
-    return ContentService(ctx.get(METADATA).content)
+    return ContentService(ctx.get(METADATA).content, ctx.get(EVENT))
 
 
-PLUGIN = Registration(GRPC, "content", _init, requires=(METADATA,))
+PLUGIN = Registration(GRPC, "content", _init, requires=(METADATA, EVENT))

@@ -1,13 +1,19 @@
-"""``containerd.services.images.v1.Images`` (plugin ``io.containerd.grpc.v1.images``)."""
+"""``containerd.services.images.v1.Images`` (plugin ``io.containerd.grpc.v1.images``).
+
+Publishes ``/images/create`` and ``/images/update`` (``ImageCreate``/``ImageUpdate``:
+name and stored labels) and ``/images/delete`` (``ImageDelete``: name) in the
+request's namespace once the change is stored, as containerd's images store does.
+"""
 
 from __future__ import annotations
 
 from ..api.containerd.services.images import v1 as api
 from ..api.google import protobuf as pb
 from ..errors import InvalidArgument
+from ..events import Exchange
 from ..metadata.images import Image
 from ..metadata.plugin import Metadata
-from ..plugin import GRPC, METADATA, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, InitContext, Registration
 from ..types import Descriptor
 from . import context
 from .convert import descriptor, from_descriptor, mask_paths, timestamp
@@ -25,9 +31,10 @@ def _core(i: api.Image | None) -> Image:
 
 
 class ImagesService(api.ImagesBase):
-    def __init__(self, metadata: Metadata) -> None:
+    def __init__(self, metadata: Metadata, exchange: Exchange) -> None:
         self._metadata = metadata
         self._store = metadata.images
+        self._events = exchange
 
     async def get(self, message: api.GetImageRequest) -> api.GetImageResponse:
         return api.GetImageResponse(image=_wire(self._store.get(context.namespace(), message.name)))
@@ -37,7 +44,10 @@ class ImagesService(api.ImagesBase):
         return api.ListImagesResponse(images=[_wire(i) for i in items])
 
     async def create(self, message: api.CreateImageRequest) -> api.CreateImageResponse:
-        image = await self._store.create(context.namespace(), _core(message.image))
+        namespace = context.namespace()
+        image = await self._store.create(namespace, _core(message.image))
+        self._events.publish(namespace, "/images/create",
+                             api.ImageCreate(name=image.name, labels=dict(image.labels)))
         return api.CreateImageResponse(image=_wire(image))
 
     async def update(self, message: api.UpdateImageRequest) -> api.UpdateImageResponse:
@@ -47,19 +57,24 @@ class ImagesService(api.ImagesBase):
         # an unset target only passes validation when the mask leaves the target alone
         target = from_descriptor(i.target) if i.target is not None else Descriptor("", "", 0)
         core = Image(i.name, target, dict(i.labels))
-        updated = await self._store.update(context.namespace(), core, mask_paths(message.update_mask))
+        namespace = context.namespace()
+        updated = await self._store.update(namespace, core, mask_paths(message.update_mask))
+        self._events.publish(namespace, "/images/update",
+                             api.ImageUpdate(name=updated.name, labels=dict(updated.labels)))
         return api.UpdateImageResponse(image=_wire(updated))
 
     async def delete(self, message: api.DeleteImageRequest) -> pb.Empty:
         target = message.target.digest if message.target is not None else None
-        await self._store.delete(context.namespace(), message.name, target)
+        namespace = context.namespace()
+        await self._store.delete(namespace, message.name, target)
+        self._events.publish(namespace, "/images/delete", api.ImageDelete(name=message.name))
         if message.sync:
             await self._metadata.collect()
         return pb.Empty()
 
 
 async def _init(ctx: InitContext) -> ImagesService:
-    return ImagesService(ctx.get(METADATA))
+    return ImagesService(ctx.get(METADATA), ctx.get(EVENT))
 
 
-PLUGIN = Registration(GRPC, "images", _init, requires=(METADATA,))
+PLUGIN = Registration(GRPC, "images", _init, requires=(METADATA, EVENT))

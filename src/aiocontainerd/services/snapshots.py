@@ -4,20 +4,28 @@ Every request names its snapshotter (``overlayfs``, ``native``, ``btrfs``, ...);
 an unknown or failed one is NotFound / FailedPrecondition. Keys are namespaced
 by the metadata layer; snapshots created under the request's lease are added
 to it. ``Cleanup`` runs the backend's cleanup of unreferenced storage.
+
+Events, in the request's namespace once the change is made (as containerd's
+metadata snapshotter): ``/snapshot/prepare`` (``SnapshotPrepare``: key,
+parent, snapshotter), ``/snapshot/commit`` (``SnapshotCommit``: key, name,
+snapshotter), ``/snapshot/remove`` (``SnapshotRemove``: key, snapshotter).
+``View`` publishes nothing, as in containerd.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from ..api.containerd import events
 from ..api.containerd import types as ctypes
 from ..api.containerd.services.snapshots import v1 as api
 from ..api.google import protobuf as pb
 from ..errors import InvalidArgument, NotFound
+from ..events import Exchange
 from ..metadata.plugin import Metadata
 from ..metadata.snapshots import NamespacedSnapshotter
 from ..mount import Mount
-from ..plugin import GRPC, METADATA, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, InitContext, Registration
 from ..snapshots import Info, Kind
 from . import context
 from .convert import mask_paths, timestamp
@@ -35,8 +43,9 @@ def _mounts(mounts: list[Mount]) -> list[ctypes.Mount]:
 
 
 class SnapshotsService(api.SnapshotsBase):
-    def __init__(self, metadata: Metadata) -> None:
+    def __init__(self, metadata: Metadata, exchange: Exchange) -> None:
         self._metadata = metadata
+        self._events = exchange
 
     def _sn(self, name: str) -> NamespacedSnapshotter:
         if not name:
@@ -47,8 +56,11 @@ class SnapshotsService(api.SnapshotsBase):
             raise NotFound(f"snapshotter {name!r} not loaded") from None
 
     async def prepare(self, message: api.PrepareSnapshotRequest) -> api.PrepareSnapshotResponse:
+        namespace = context.namespace()
         mounts = await self._sn(message.snapshotter).prepare(
-            context.namespace(), message.key, message.parent, message.labels, context.lease())
+            namespace, message.key, message.parent, message.labels, context.lease())
+        self._events.publish(namespace, "/snapshot/prepare", events.SnapshotPrepare(
+            key=message.key, parent=message.parent, snapshotter=message.snapshotter))
         return api.PrepareSnapshotResponse(mounts=_mounts(mounts))
 
     async def view(self, message: api.ViewSnapshotRequest) -> api.ViewSnapshotResponse:
@@ -61,12 +73,18 @@ class SnapshotsService(api.SnapshotsBase):
         return api.MountsResponse(mounts=_mounts(mounts))
 
     async def commit(self, message: api.CommitSnapshotRequest) -> pb.Empty:
-        await self._sn(message.snapshotter).commit(context.namespace(), message.name, message.key,
+        namespace = context.namespace()
+        await self._sn(message.snapshotter).commit(namespace, message.name, message.key,
                                                    message.labels, context.lease())
+        self._events.publish(namespace, "/snapshot/commit", events.SnapshotCommit(
+            key=message.key, name=message.name, snapshotter=message.snapshotter))
         return pb.Empty()
 
     async def remove(self, message: api.RemoveSnapshotRequest) -> pb.Empty:
-        await self._sn(message.snapshotter).remove(context.namespace(), message.key)
+        namespace = context.namespace()
+        await self._sn(message.snapshotter).remove(namespace, message.key)
+        self._events.publish(namespace, "/snapshot/remove", events.SnapshotRemove(
+            key=message.key, snapshotter=message.snapshotter))
         return pb.Empty()
 
     async def stat(self, message: api.StatSnapshotRequest) -> api.StatSnapshotResponse:
@@ -96,7 +114,7 @@ class SnapshotsService(api.SnapshotsBase):
 
 
 async def _init(ctx: InitContext) -> SnapshotsService:
-    return SnapshotsService(ctx.get(METADATA))
+    return SnapshotsService(ctx.get(METADATA), ctx.get(EVENT))
 
 
-PLUGIN = Registration(GRPC, "snapshots", _init, requires=(METADATA,))
+PLUGIN = Registration(GRPC, "snapshots", _init, requires=(METADATA, EVENT))

@@ -483,8 +483,8 @@ class TransferService(api.TransferBase):
             labelled = []
             for img in imported:
                 img.labels.update(dst.labels)
-                labelled.append(await self.images.metadata.images.update(
-                    namespace, img, [f"labels.{k}" for k in dst.labels]))
+                labelled.append(self.images.stored(namespace, await self.images.metadata.images.update(
+                    namespace, img, [f"labels.{k}" for k in dst.labels]), created=False))
             imported = labelled
         if sender is not None:
             for img in imported:
@@ -581,10 +581,10 @@ class TransferService(api.TransferBase):
         """Create ``image``, or point the existing one at its target (``Store.Store``)."""
         store = self.images.metadata.images
         try:
-            return await store.create(namespace, image)
+            return self.images.stored(namespace, await store.create(namespace, image), created=True)
         except AlreadyExists:
-            return await store.update(namespace, image, ["target", "labels"] if image.labels
-                                      else ["target"])
+            return self.images.stored(namespace, await store.update(
+                namespace, image, ["target", "labels"] if image.labels else ["target"]), created=False)
 
 
 async def _ask_credentials(stream: ServerStream, host: str, ref: str) -> tuple[str, str] | None:
