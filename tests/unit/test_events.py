@@ -476,9 +476,12 @@ async def test_services_publish_their_changes(daemon: Daemon, client: Client,
 
     snapshots = snapshots_api.SnapshotsStub(client._channel, metadata={"containerd-namespace": "x"})
     sn = "native"
-    await snapshots.prepare(snapshots_api.PrepareSnapshotRequest(snapshotter=sn, key="k1"))
+    # gc.root: the image deleted above schedules a GC that would collect unleased snapshots
+    root = {"containerd.io/gc.root": "test"}
+    await snapshots.prepare(snapshots_api.PrepareSnapshotRequest(snapshotter=sn, key="k1", labels=root))
     await snapshots.commit(snapshots_api.CommitSnapshotRequest(snapshotter=sn, name="n1", key="k1"))
-    await snapshots.view(snapshots_api.ViewSnapshotRequest(snapshotter=sn, key="v1", parent="n1"))
+    await snapshots.view(snapshots_api.ViewSnapshotRequest(snapshotter=sn, key="v1", parent="n1",
+                                                           labels=root))
     await snapshots.remove(snapshots_api.RemoveSnapshotRequest(snapshotter=sn, key="v1"))
     got = await _received(subscribed, 3)
     assert [(e.namespace, e.topic) for e in got] == [
