@@ -1,0 +1,73 @@
+"""The shim's ``delete`` action: clean up a bundle whose shim failed or died.
+
+Follows Go's ``containerd-shim-runc-v2`` ``manager.Stop``: read the runtime
+binary (``<bundle>/runtime``) and options (``<bundle>/options.json``) that
+Create wrote, run ``<runtime> --root <root>/<namespace> delete --force <id>``,
+unmount ``<bundle>/rootfs`` recursively and answer a
+``containerd.task.v2.DeleteResponse`` with exit status ``128 + SIGKILL``,
+``exited_at`` now and the pid from ``<bundle>/init.pid`` (0 when unreadable).
+Errors of the runtime or the unmount are logged to stderr, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+RUNC_ROOT = "/run/containerd/runc"
+OPTIONS_FILE = "options.json"
+RUNTIME_FILE = "runtime"
+
+
+def read_runtime(bundle: str) -> tuple[str, str, bool]:
+    """``(binary, root, systemd_cgroup)`` recorded in the bundle by Create (defaults if absent)."""
+    binary, root, systemd = "runc", "", False
+    try:
+        with open(os.path.join(bundle, RUNTIME_FILE)) as f:
+            binary = f.read().strip() or binary
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(bundle, OPTIONS_FILE)) as f:
+            opts = json.load(f) or {}
+        root = opts.get("root") or ""
+        systemd = bool(opts.get("systemd_cgroup"))
+        binary = opts.get("binary_name") or binary
+    except (OSError, ValueError, AttributeError):
+        pass
+    return binary, root, systemd
+
+
+def delete_bundle(bundle: str, id: str, namespace: str) -> bytes:
+    """Force-delete container ``id`` of ``bundle``; the serialized DeleteResponse."""
+    from aiocontainerd.api.containerd.task.v2 import DeleteResponse
+    from aiocontainerd.mount.mounting import unmount_blocking
+
+    from .publisher import timestamp
+
+    binary, root, systemd = read_runtime(bundle)
+    argv = [binary, "--root", os.path.join(root or RUNC_ROOT, namespace),
+            "--log", os.path.join(bundle, "log.json"), "--log-format", "json"]
+    if systemd:
+        argv.append("--systemd-cgroup")
+    argv += ["delete", "--force", id]
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        if r.returncode and b"does not exist" not in r.stderr:
+            sys.stderr.write(f"failed to remove runc container: {r.stderr.decode(errors='replace')}\n")
+    except (OSError, subprocess.SubprocessError) as e:
+        sys.stderr.write(f"failed to remove runc container: {e}\n")
+    try:
+        unmount_blocking(os.path.join(bundle, "rootfs"), recursive=True)
+    except OSError as e:
+        sys.stderr.write(f"failed to cleanup rootfs mount: {e}\n")
+    pid = 0
+    try:
+        with open(os.path.join(bundle, "init.pid")) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        pass
+    return bytes(DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL, exited_at=timestamp()))

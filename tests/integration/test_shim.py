@@ -1,0 +1,436 @@
+"""Our shim ``containerd-shim-aiorunc-v2`` end to end: real CLI, real runc, busybox rootfs.
+
+Each test starts the shim as containerd does (``start`` in the bundle folder with
+``-namespace/-address/-id`` and ``TTRPC_ADDRESS``), drives ``containerd.task.v2.Task``
+over our ttrpc client, and records the events the shim forwards to a tiny ttrpc
+``Events/Forward`` server of the test.  Namespaces are unique per test; every test
+cleans up (runc delete --force, kill the shim, unmount) even when it fails, and
+checks that the shim process, its socket and the rootfs mount are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aiocontainerd import errors, ttrpc
+from aiocontainerd.api.containerd.services.events.ttrpc.v1 import ForwardRequest
+from aiocontainerd.api.containerd.task import v2 as task
+from aiocontainerd.api.containerd.types import Mount
+from aiocontainerd.api.containerd.v1.types import Status
+from aiocontainerd.api.google import protobuf as pb
+from aiocontainerd.mount.mounting import is_mountpoint
+
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+BUSYBOX = "/bin/busybox"
+SHIM = str(Path(sys.executable).with_name("containerd-shim-aiorunc-v2"))
+TASK = "containerd.task.v2.Task"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not os.path.exists(RUNC), reason="runc not installed"),
+    pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="busybox-static not installed"),
+]
+
+APPLETS = ("sh", "echo", "sleep", "cat", "ps", "true", "ls", "id")
+
+
+def make_rootfs(path: Path) -> None:
+    """A minimal busybox-static root filesystem."""
+    (path / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, path / "bin" / "busybox")
+    for a in APPLETS:
+        os.symlink("busybox", path / "bin" / a)
+    for d in ("proc", "sys", "dev", "tmp", "etc"):
+        (path / d).mkdir()
+
+
+def make_bundle(bundle: Path, args: list[str], *, annotations: dict | None = None) -> None:
+    bundle.mkdir(parents=True)
+    subprocess.run([RUNC, "spec"], cwd=bundle, check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["args"] = args
+    spec["process"]["terminal"] = False
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    if annotations:
+        spec["annotations"] = annotations
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+class EventSink:
+    """A ttrpc ``Events/Forward`` server recording (namespace metadata, topic, type URL)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events: list[tuple[str, str, str, bytes]] = []
+        self.changed = asyncio.Event()
+        self.server = ttrpc.Server()
+        self.server.register("containerd.services.events.ttrpc.v1.Events",
+                             {"Forward": (ForwardRequest, self.forward)})
+
+    async def forward(self, r: ForwardRequest) -> pb.Empty:
+        env = r.envelope
+        self.events.append((ttrpc.namespace(), env.topic, env.event.type_url, bytes(env.event.value)))
+        self.changed.set()
+        return pb.Empty()
+
+    def topics(self) -> list[str]:
+        return [t for _, t, _, _ in self.events]
+
+    async def wait_for(self, topic: str, count: int = 1, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.topics().count(topic) < count:
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {topic} event in {self.topics()}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except TimeoutError:
+                pass
+
+
+class Harness:
+    """Folders, event sink, shim processes and cleanup for one test."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.ns = "t-" + secrets.token_hex(4)
+        self.address = str(base / "grpc.sock")     # only hashed into the socket name
+        self.rootfs_src = base / "rootfs-src"
+        make_rootfs(self.rootfs_src)
+        self.sink = EventSink(str(base / "ttrpc.sock"))
+        self.bundles: list[tuple[str, Path]] = []
+        self.shim_pids: set[int] = set()
+        self.sockets: set[str] = set()
+        self.clients: list[ttrpc.Client] = []
+        self.extra_env: dict[str, str] = {}
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TTRPC_ADDRESS=self.sink.path, GRPC_ADDRESS=self.address, NAMESPACE=self.ns,
+                   AIORUNC_FORKSERVER_IDLE="20")
+        env.update(self.extra_env)
+        return env
+
+    def argv(self, id: str, action: str) -> list[str]:
+        return [SHIM, "-namespace", self.ns, "-address", self.address,
+                "-publish-binary", "containerd", "-id", id, action]
+
+    def bundle(self, id: str, args: list[str], **kw) -> Path:
+        b = self.base / id
+        make_bundle(b, args, **kw)
+        self.bundles.append((id, b))
+        return b
+
+    async def start(self, id: str, bundle: Path) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(id, "start"), cwd=bundle, env=self.env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        address = out.decode().strip()
+        assert address.startswith("unix:///run/containerd/s/"), address
+        self.sockets.add(address[len("unix://"):])
+        assert (bundle / "address").read_text() == address
+        return address
+
+    async def connect(self, address: str) -> ttrpc.Client:
+        c = await ttrpc.Client.connect(address, timeout=10)
+        self.clients.append(c)
+        return c
+
+    async def call(self, c: ttrpc.Client, method: str, req, resp=pb.Empty):
+        return await c.call(TASK, method, req, resp, timeout=30)
+
+    def create_request(self, id: str, bundle: Path, **kw) -> task.CreateTaskRequest:
+        return task.CreateTaskRequest(
+            id=id, bundle=str(bundle),
+            rootfs=[Mount(type="bind", source=str(self.rootfs_src), options=["rbind", "rw"])],
+            **kw)
+
+    async def shim_pid(self, c: ttrpc.Client) -> int:
+        r = await self.call(c, "Connect", task.ConnectRequest(id=""), task.ConnectResponse)
+        self.shim_pids.add(r.shim_pid)
+        return r.shim_pid
+
+    async def cleanup(self) -> None:
+        for c in self.clients:
+            await c.close()
+        for id, b in self.bundles:
+            subprocess.run([RUNC, "--root", f"/run/containerd/runc/{self.ns}", "delete", "--force", id],
+                           capture_output=True)
+            subprocess.run(["umount", "-R", str(b / "rootfs")], capture_output=True)
+        for pid in self.shim_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for s in self.sockets:
+            try:
+                os.unlink(s)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(f"/run/containerd/runc/{self.ns}", ignore_errors=True)
+
+
+def fifos(base: Path, name: str) -> tuple[str, str]:
+    out, err = str(base / f"{name}.out"), str(base / f"{name}.err")
+    os.mkfifo(out)
+    os.mkfifo(err)
+    return out, err
+
+
+async def read_fifo(path: str) -> bytes:
+    """Read a FIFO to EOF in a thread (opened before the shim opens it for writing)."""
+    def run() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    return await asyncio.to_thread(run)
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    base = Path(tempfile.mkdtemp(prefix="shim-", dir="/tmp"))
+    harness = Harness(base)
+    await harness.sink.server.start(harness.sink.path)
+    try:
+        yield harness
+    finally:
+        await harness.cleanup()
+        await harness.sink.server.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def finish(h: Harness, c: ttrpc.Client, address: str, bundle: Path) -> None:
+    """Shutdown the shim and check nothing is left."""
+    pid = await h.shim_pid(c)
+    await h.call(c, "Shutdown", task.ShutdownRequest(id=""))
+    assert gone(pid), "shim still running after Shutdown"
+    assert not os.path.exists(address[len("unix://"):])
+    assert not is_mountpoint(bundle / "rootfs")
+
+
+async def test_echo_hi_exit_status_and_events(h: Harness) -> None:
+    b = h.bundle("c1", ["echo", "hi"])
+    address = await h.start("c1", b)
+    c = await h.connect(address)
+    await h.shim_pid(c)
+    out, err = fifos(h.base, "c1")
+    reader = asyncio.ensure_future(read_fifo(out))
+    created = await h.call(c, "Create", h.create_request("c1", b, stdout=out, stderr=err),
+                           task.CreateTaskResponse)
+    assert created.pid > 0
+    assert is_mountpoint(b / "rootfs")
+    st = await h.call(c, "State", task.StateRequest(id="c1"), task.StateResponse)
+    assert st.status == Status.CREATED and st.pid == created.pid and st.stdout == out
+    waiter = asyncio.ensure_future(h.call(c, "Wait", task.WaitRequest(id="c1"), task.WaitResponse))
+    started = await h.call(c, "Start", task.StartRequest(id="c1"), task.StartResponse)
+    assert started.pid == created.pid
+    w = await asyncio.wait_for(waiter, 20)
+    assert w.exit_status == 0 and w.exited_at.seconds > 0
+    assert await asyncio.wait_for(reader, 10) == b"hi\n"
+    with pytest.raises(errors.FailedPrecondition):
+        await h.call(c, "Start", task.StartRequest(id="c1"), task.StartResponse)
+    d = await h.call(c, "Delete", task.DeleteRequest(id="c1"), task.DeleteResponse)
+    assert d.exit_status == 0 and d.pid == created.pid
+    assert not is_mountpoint(b / "rootfs")
+    with pytest.raises(errors.NotFound):
+        await h.call(c, "State", task.StateRequest(id="c1"), task.StateResponse)
+    await h.sink.wait_for("/tasks/delete")
+    topics = h.sink.topics()
+    assert topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], topics
+    assert {ns for ns, *_ in h.sink.events} == {h.ns}
+    assert h.sink.events[2][2] == "containerd.events.TaskExit"
+    await finish(h, c, address, b)
+
+
+async def test_exit_code_7(h: Harness) -> None:
+    b = h.bundle("c2", ["sh", "-c", "exit 7"])
+    address = await h.start("c2", b)
+    c = await h.connect(address)
+    await h.shim_pid(c)
+    await h.call(c, "Create", h.create_request("c2", b), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="c2"), task.StartResponse)
+    w = await h.call(c, "Wait", task.WaitRequest(id="c2"), task.WaitResponse)
+    assert w.exit_status == 7
+    st = await h.call(c, "State", task.StateRequest(id="c2"), task.StateResponse)
+    assert st.status == Status.STOPPED and st.exit_status == 7
+    with pytest.raises(errors.NotFound):
+        await h.call(c, "Kill", task.KillRequest(id="c2", signal=9))
+    d = await h.call(c, "Delete", task.DeleteRequest(id="c2"), task.DeleteResponse)
+    assert d.exit_status == 7
+    await finish(h, c, address, b)
+
+
+async def test_exec_pause_resume_kill_stats(h: Harness) -> None:
+    b = h.bundle("c3", ["sleep", "1000"])
+    address = await h.start("c3", b)
+    c = await h.connect(address)
+    await h.shim_pid(c)
+    created = await h.call(c, "Create", h.create_request("c3", b), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="c3"), task.StartResponse)
+    st = await h.call(c, "State", task.StateRequest(id="c3"), task.StateResponse)
+    assert st.status == Status.RUNNING
+
+    spec = json.loads((b / "config.json").read_text())["process"]
+    spec["args"] = ["sh", "-c", "echo from-exec; exit 3"]
+    out, err = fifos(h.base, "e1")
+    reader = asyncio.ensure_future(read_fifo(out))
+    any_spec = pb.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/specs.Process",
+                      value=json.dumps(spec).encode())
+    await h.call(c, "Exec", task.ExecProcessRequest(id="c3", exec_id="e1", stdout=out, stderr=err,
+                                                    spec=any_spec))
+    with pytest.raises(errors.AlreadyExists):
+        await h.call(c, "Exec", task.ExecProcessRequest(id="c3", exec_id="e1", spec=any_spec))
+    with pytest.raises(errors.NotFound):
+        await h.call(c, "State", task.StateRequest(id="c3", exec_id="nope"), task.StateResponse)
+    s = await h.call(c, "Start", task.StartRequest(id="c3", exec_id="e1"), task.StartResponse)
+    assert s.pid > 0
+    w = await h.call(c, "Wait", task.WaitRequest(id="c3", exec_id="e1"), task.WaitResponse)
+    assert w.exit_status == 3
+    assert await asyncio.wait_for(reader, 10) == b"from-exec\n"
+    d = await h.call(c, "Delete", task.DeleteRequest(id="c3", exec_id="e1"), task.DeleteResponse)
+    assert d.exit_status == 3
+
+    pids = await h.call(c, "Pids", task.PidsRequest(id="c3"), task.PidsResponse)
+    assert created.pid in [p.pid for p in pids.processes]
+
+    stats = await h.call(c, "Stats", task.StatsRequest(id="c3"), task.StatsResponse)
+    assert stats.stats.type_url in ("io.containerd.cgroups.v1.Metrics", "io.containerd.cgroups.v2.Metrics")
+    assert stats.stats.value
+
+    await h.call(c, "Pause", task.PauseRequest(id="c3"))
+    st = await h.call(c, "State", task.StateRequest(id="c3"), task.StateResponse)
+    assert st.status == Status.PAUSED
+    with pytest.raises(errors.FailedPrecondition):
+        await h.call(c, "Pause", task.PauseRequest(id="c3"))
+    await h.call(c, "Resume", task.ResumeRequest(id="c3"))
+    st = await h.call(c, "State", task.StateRequest(id="c3"), task.StateResponse)
+    assert st.status == Status.RUNNING
+
+    with pytest.raises(errors.FailedPrecondition):
+        await h.call(c, "Delete", task.DeleteRequest(id="c3"), task.DeleteResponse)
+    await h.call(c, "Kill", task.KillRequest(id="c3", signal=signal.SIGKILL))
+    w = await h.call(c, "Wait", task.WaitRequest(id="c3"), task.WaitResponse)
+    assert w.exit_status == 128 + signal.SIGKILL
+    await h.call(c, "Delete", task.DeleteRequest(id="c3"), task.DeleteResponse)
+    await h.sink.wait_for("/tasks/delete")
+    topics = h.sink.topics()
+    for t in ("/tasks/exec-added", "/tasks/exec-started", "/tasks/paused", "/tasks/resumed"):
+        assert t in topics, topics
+    assert topics.index("/tasks/exec-started") < topics.index("/tasks/exit")
+    await finish(h, c, address, b)
+
+
+async def test_group_shares_one_shim_and_delete_action(h: Harness) -> None:
+    ann = {"io.kubernetes.cri.sandbox-id": "pod1"}
+    b1 = h.bundle("g1", ["sleep", "1000"], annotations=ann)
+    b2 = h.bundle("g2", ["sleep", "1000"], annotations=ann)
+    a1 = await h.start("g1", b1)
+    c = await h.connect(a1)
+    pid = await h.shim_pid(c)
+    a2 = await h.start("g2", b2)
+    assert a1 == a2
+    await h.call(c, "Create", h.create_request("g1", b1), task.CreateTaskResponse)
+    await h.call(c, "Create", h.create_request("g2", b2), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="g2"), task.StartResponse)
+    # Shutdown keeps serving while containers are left
+    await h.call(c, "Shutdown", task.ShutdownRequest(id="g1"))
+    assert not gone(pid, timeout=0.3)
+    # the daemon's cleanup of a dead shim: kill it, then `delete` in the bundle
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    proc = await asyncio.create_subprocess_exec(*h.argv("g2", "delete"), cwd=b2, env=h.env(),
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    resp = task.DeleteResponse.parse(out)
+    assert resp.exit_status == 137 and resp.pid > 0 and resp.exited_at.seconds > 0
+    assert not is_mountpoint(b2 / "rootfs")
+    r = subprocess.run([RUNC, "--root", f"/run/containerd/runc/{h.ns}", "state", "g2"],
+                       capture_output=True)
+    assert r.returncode != 0
+
+
+def test_shim_imports_stay_small() -> None:
+    code = ("import sys; import aiocontainerd.runtimes.aiorunc.main as m, "
+            "aiocontainerd.runtimes.aiorunc.forkserver as f; f.preimport(); "
+            "import aiocontainerd.runtimes.aiorunc.oom, aiocontainerd.runtimes.aiorunc.cleanup; "
+            "bad = [n for n in sys.modules if n.split('.')[0] in "
+            "('grpclib', 'aiohttp', 'lmdb', 'prometheus_client') or "
+            "n.startswith(('aiocontainerd.services', 'aiocontainerd.metadata', "
+            "'aiocontainerd.daemon', 'aiocontainerd.client'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _abstract_listening(name: str) -> bool:
+    with open("/proc/net/unix") as f:
+        return any(line.rstrip().endswith("@" + name[1:]) for line in f)
+
+
+async def test_forkserver_detaches_shims_then_idles_out_and_plain_fallback(h: Harness) -> None:
+    from aiocontainerd.runtimes.aiorunc.main import forkserver_key
+
+    h.extra_env["AIORUNC_FORKSERVER_IDLE"] = "2"
+    key = forkserver_key(h.address)
+    pids, addrs = [], []
+    for id in ("f1", "f2"):
+        b = h.bundle(id, ["true"])
+        addrs.append(await h.start(id, b))
+        c = await h.connect(addrs[-1])
+        pids.append(await h.shim_pid(c))
+        assert (b / "shim.pid").read_text() == str(pids[-1])
+    assert _abstract_listening(key)
+    assert pids[0] != pids[1] and addrs[0] != addrs[1]
+    for pid in pids:
+        assert os.getsid(pid) not in (os.getsid(0), os.getsid(pids[1 - pids.index(pid)]))
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[1]) != os.getpid()
+    for c in h.clients:
+        await h.call(c, "Shutdown", task.ShutdownRequest(id=""))
+    assert all(gone(pid) for pid in pids)
+    deadline = time.monotonic() + 15
+    while _abstract_listening(key) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    assert not _abstract_listening(key), "idle fork server did not exit"
+
+    h.extra_env["AIORUNC_NO_FORKSERVER"] = "1"
+    b = h.bundle("f3", ["sh", "-c", "exit 5"])
+    address = await h.start("f3", b)
+    c = await h.connect(address)
+    await h.shim_pid(c)
+    await h.call(c, "Create", h.create_request("f3", b), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="f3"), task.StartResponse)
+    w = await h.call(c, "Wait", task.WaitRequest(id="f3"), task.WaitResponse)
+    assert w.exit_status == 5
+    await h.call(c, "Delete", task.DeleteRequest(id="f3"), task.DeleteResponse)
+    assert not _abstract_listening(key)
+    await finish(h, c, address, b)
