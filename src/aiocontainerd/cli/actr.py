@@ -10,6 +10,11 @@
                 | import FILE|- [--base-name B] [--all-platforms] [--platform P]
                 | export FILE|- NAME ... [--platform P]... [--all-platforms]
                 | ls [-q] [FILTER ...] | tag [--force] SRC DST ... | rm [--sync] NAME ...
+    actr run [--rm] [-t] [-d] [--runtime R] [--mount M]... [--env K=V]... IMAGE ID [ARGS ...]
+    actr tasks ls | ps ID | exec --exec-id E [-t] ID ARGS... | kill [-s SIG] [--all] ID
+               | pause ID | resume ID | metrics ID | delete [-f] ID | start ID
+    actr containers ls [-q] | info [--spec] ID | rm ID ...
+    actr events [FILTER ...]
 
 Defaults: ``--address`` from ``$CONTAINERD_ADDRESS`` or aiocontainerd's socket,
 ``--namespace`` from ``$CONTAINERD_NAMESPACE`` or ``default``.
@@ -445,6 +450,511 @@ async def images_export(client: Client, file: str, names: tuple[str, ...],
     """Export images as an OCI layout tar to FILE (- for stdout)."""
     out: Any = sys.stdout.buffer if file == "-" else file
     await client.images.export_archive(out, names, platforms=platforms, all_platforms=all_platforms)
+
+
+
+# -- containers, tasks, events (client side of the runtime) ---------------------------------------
+
+def _tab(rows: list[list[str]], pad: int = 4) -> list[str]:
+    """Columns as Go's tabwriter with ``padding`` spaces (ctr's ``tabwriter.NewWriter(…, 4, ' ')``)."""
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(len(r) for r in rows))]
+    return ["".join(c.ljust(w + pad) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=4, default=str))
+
+
+class _ForwardSignals:
+    """Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 to a process (ctr's ForwardAllSignals)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+    def __init__(self, process: Any) -> None:
+        import signal
+
+        self.loop = asyncio.get_running_loop()
+        self.pending: set[asyncio.Future[None]] = set()
+        self.installed = []
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self.loop.add_signal_handler(sig, self._forward, process, int(sig))
+            self.installed.append(sig)
+
+    def _forward(self, process: Any, sig: int) -> None:
+        async def send() -> None:
+            try:
+                await process.kill(sig)
+            except ContainerdError:
+                pass
+        future = asyncio.ensure_future(send())
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+
+    def close(self) -> None:
+        for sig in self.installed:
+            self.loop.remove_signal_handler(sig)
+
+
+class _Console:
+    """The local terminal in raw mode while a TTY process runs; its size follows SIGWINCH."""
+
+    def __init__(self) -> None:
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setraw(self.fd)
+
+    def size(self) -> tuple[int, int]:
+        cols, rows = os.get_terminal_size(self.fd)
+        return cols, rows
+
+    async def follow_resize(self, process: Any) -> Callable[[], None]:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Future[None]] = set()
+
+        def resize() -> None:
+            async def send() -> None:
+                try:
+                    await process.resize(*self.size())
+                except (ContainerdError, OSError):
+                    pass
+            future = asyncio.ensure_future(send())
+            pending.add(future)
+            future.add_done_callback(pending.discard)
+
+        with_size = self.size()
+        try:
+            await process.resize(*with_size)
+        except ContainerdError:
+            pass
+        loop.add_signal_handler(signal.SIGWINCH, resize)
+        return lambda: loop.remove_signal_handler(signal.SIGWINCH)
+
+    def reset(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def _io_for(tty: bool, null_io: bool, log_uri: str, fifo_dir: str | None, detach: bool) -> Any:
+    from ..client import cio
+
+    if null_io:
+        return cio.null_io
+    if log_uri:
+        return cio.log_uri(log_uri if "://" in log_uri else "file://" + os.path.abspath(log_uri))
+    if detach:
+        return cio.null_io
+    return cio.with_stdio(terminal=tty, fifo_dir=fifo_dir)
+
+
+async def _attach_and_wait(process: Any, tty: bool, console: _Console | None) -> int:
+    """Start ``process`` (wait registered first), forward signals or resizes, return its exit code."""
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        await process.start()
+    except BaseException:
+        waiter.cancel()
+        raise
+    undo: Callable[[], None]
+    if tty and console is not None:
+        undo = await console.follow_resize(process)
+    else:
+        undo = _ForwardSignals(process).close
+    try:
+        status = await waiter
+    finally:
+        undo()
+    return status.code
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--rm", is_flag=True, help="Remove the container when the task exits.")
+@click.option("--tty", "-t", is_flag=True, help="Allocate a TTY for the container.")
+@click.option("--detach", "-d", is_flag=True, help="Start the task and return.")
+@click.option("--runtime", default="io.containerd.runc.v2", show_default=True, help="Runtime name.")
+@click.option("--snapshotter", default="overlayfs", show_default=True, help="Snapshotter of the rootfs.")
+@click.option("--mount", "mounts", multiple=True,
+              help="Add a mount: type=bind,src=/h,dst=/c,options=rbind:ro (repeatable).")
+@click.option("--env", "env", multiple=True, help="Set K=V in the environment (repeatable).")
+@click.option("--label", "labels", multiple=True, help="Container label k=v (repeatable).")
+@click.option("--cwd", default="", help="Working directory of the process.")
+@click.option("--net-host", is_flag=True, help="Use the host's network namespace.")
+@click.option("--privileged", is_flag=True, help="All capabilities, all devices, no masked paths.")
+@click.option("--null-io", is_flag=True, help="Send the task's stdio to /dev/null.")
+@click.option("--log-uri", default="", help="Log the task's output to a URI (file:///…, binary:///…).")
+@click.option("--fifo-dir", default=None, help="Folder for the stdio FIFOs.")
+@click.argument("image")
+@click.argument("id")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@_run
+async def run(client: Client, rm: bool, tty: bool, detach: bool, runtime: str, snapshotter: str,
+              mounts: tuple[str, ...], env: tuple[str, ...], labels: tuple[str, ...], cwd: str,
+              net_host: bool, privileged: bool, null_io: bool, log_uri: str, fifo_dir: str | None,
+              image: str, id: str, args: tuple[str, ...]) -> None:
+    """Run ID from IMAGE (as ``ctr run``); exits with the container's exit status."""
+    if rm and detach:
+        raise click.UsageError("flags --detach and --rm cannot be specified together")
+    container = await client.containers.new_container(
+        id, image, snapshotter=snapshotter, runtime=runtime, args=list(args) or None, env=env,
+        mounts=mounts, tty=tty, labels=_labels(labels), cwd=cwd, net_host=net_host, privileged=privileged)
+    code = 0
+    try:
+        console = _Console() if tty and not detach and sys.stdin.isatty() else None
+        try:
+            task = await container.new_task(_io_for(tty, null_io, log_uri, fifo_dir, detach))
+            if detach:
+                await task.start()
+                return
+            try:
+                code = await _attach_and_wait(task, tty, console)
+            finally:
+                await task.delete(force=True)
+        finally:
+            if console is not None:
+                console.reset()
+    finally:
+        if rm:
+            await container.delete()
+    if code:
+        raise SystemExit(code)
+
+
+@main.group()
+def tasks() -> None:
+    """Manage tasks (running containers)."""
+
+
+main.add_command(tasks, name="task")
+main.add_command(tasks, name="t")
+
+
+@tasks.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="Print only task ids.")
+@_run
+async def tasks_ls(client: Client, quiet: bool) -> None:
+    """List tasks: TASK, PID, STATUS."""
+    items = await client.tasks.list()
+    if quiet:
+        for t in items:
+            click.echo(t.id)
+        return
+    for line in _tab([["TASK", "PID", "STATUS"]] + [[t.id, str(t.pid), t.status] for t in items]):
+        click.echo(line)
+
+
+tasks.add_command(tasks_ls, name="list")
+
+
+@tasks.command("ps")
+@click.argument("id")
+@_run
+async def tasks_ps(client: Client, id: str) -> None:
+    """The processes of task ID: PID, INFO."""
+    task = await client.tasks.load(id)
+    rows = [["PID", "INFO"]]
+    for p in await task.pids():
+        rows.append([str(p.pid), "-" if p.info is None else p.info.type_url])
+    for line in _tab(rows, 4):
+        click.echo(line)
+
+
+@tasks.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--exec-id", required=True, help="Id of the new process.")
+@click.option("--tty", "-t", is_flag=True, help="Allocate a TTY.")
+@click.option("--detach", "-d", is_flag=True, help="Start the process and return.")
+@click.option("--cwd", default="", help="Working directory of the process.")
+@click.option("--env", "env", multiple=True, help="Set K=V in the environment (repeatable).")
+@click.option("--user", "-u", default="", help="Run as UID[:GID].")
+@click.option("--fifo-dir", default=None, help="Folder for the stdio FIFOs.")
+@click.argument("id")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@_run
+async def tasks_exec(client: Client, exec_id: str, tty: bool, detach: bool, cwd: str, env: tuple[str, ...],
+                     user: str, fifo_dir: str | None, id: str, args: tuple[str, ...]) -> None:
+    """Run ARGS in task ID (as ``ctr task exec``); exits with the process's exit status."""
+    from .. import oci
+
+    container = await client.containers.get(id)
+    spec = await container.spec()
+    process = dict(spec.get("process") or {})
+    process["args"] = list(args)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    if cwd:
+        process["cwd"] = cwd
+    if env:
+        process["env"] = oci.replace_or_append_env(process.get("env") or [], env)
+    if user:
+        uid, _, gid = user.partition(":")
+        process["user"] = {**process.get("user", {}), "uid": int(uid), "gid": int(gid or 0)}
+    task = await client.tasks.load(id)
+    console = _Console() if tty and not detach and sys.stdin.isatty() else None
+    code = 0
+    try:
+        proc = await task.exec(exec_id, process, _io_for(tty, False, "", fifo_dir, detach))
+        if detach:
+            await proc.start()
+            return
+        try:
+            code = await _attach_and_wait(proc, tty, console)
+        finally:
+            await proc.delete(force=True)
+    finally:
+        if console is not None:
+            console.reset()
+    if code:
+        raise SystemExit(code)
+
+
+@tasks.command("start")
+@click.option("--null-io", is_flag=True, help="Send the task's stdio to /dev/null.")
+@click.option("--detach", "-d", is_flag=True, help="Start the task and return.")
+@click.argument("id")
+@_run
+async def tasks_start(client: Client, null_io: bool, detach: bool, id: str) -> None:
+    """Create and start the task of container ID."""
+    container = await client.containers.get(id)
+    spec = await container.spec()
+    tty = bool((spec.get("process") or {}).get("terminal"))
+    console = _Console() if tty and not detach and sys.stdin.isatty() else None
+    code = 0
+    try:
+        task = await container.new_task(_io_for(tty, null_io, "", None, detach))
+        if detach:
+            await task.start()
+            return
+        try:
+            code = await _attach_and_wait(task, tty, console)
+        finally:
+            await task.delete(force=True)
+    finally:
+        if console is not None:
+            console.reset()
+    if code:
+        raise SystemExit(code)
+
+
+@tasks.command("kill")
+@click.option("--signal", "-s", "sig", default="SIGTERM", show_default=True, help="Signal to send.")
+@click.option("--all", "-a", "all_", is_flag=True, help="Send it to every process of the task.")
+@click.option("--exec-id", default="", help="Signal this exec'd process instead.")
+@click.argument("ids", nargs=-1, required=True)
+@_run
+async def tasks_kill(client: Client, sig: str, all_: bool, exec_id: str, ids: tuple[str, ...]) -> None:
+    """Signal the tasks IDS."""
+    from ..client.tasks import _signal
+
+    try:
+        number = _signal(sig)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if all_ and exec_id:
+        raise click.UsageError("specify an exec-id or --all, not both")
+    for id in ids:
+        task = await client.tasks.load(id)
+        process = await task.load_process(exec_id) if exec_id else task
+        await process.kill(number, all=all_)
+
+
+@tasks.command("pause")
+@click.argument("id")
+@_run
+async def tasks_pause(client: Client, id: str) -> None:
+    """Freeze task ID."""
+    await (await client.tasks.load(id)).pause()
+
+
+@tasks.command("resume")
+@click.argument("id")
+@_run
+async def tasks_resume(client: Client, id: str) -> None:
+    """Thaw task ID."""
+    await (await client.tasks.load(id)).resume()
+
+
+def _metric_rows(data: Any) -> list[list[str]]:
+    """ctr's METRIC/VALUE rows for cgroup v1 or v2 metrics."""
+    def get(obj: Any, *path: str) -> Any:
+        for name in path:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                return None
+        return obj
+
+    rows: list[list[str]] = []
+
+    def add(name: str, *path: str) -> None:
+        value = get(data, *path)
+        if value is not None:
+            rows.append([name, f"[{' '.join(map(str, value))}]" if isinstance(value, list) else str(value)])
+
+    if get(data, "memory", "usage") is not None and not isinstance(get(data, "memory", "usage"), int):
+        add("memory.usage_in_bytes", "memory", "usage", "usage")
+        add("memory.limit_in_bytes", "memory", "usage", "limit")
+        add("memory.stat.cache", "memory", "total_cache")
+        add("cpuacct.usage", "cpu", "usage", "total")
+        add("cpuacct.usage_percpu", "cpu", "usage", "per_cpu")
+        add("pids.current", "pids", "current")
+        add("pids.limit", "pids", "limit")
+    else:
+        add("pids.current", "pids", "current")
+        add("pids.limit", "pids", "limit")
+        for name in ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled",
+                     "throttled_usec"):
+            add(f"cpu.{name}", "cpu", name)
+        add("memory.usage", "memory", "usage")
+        add("memory.usage_limit", "memory", "usage_limit")
+        add("memory.swap_usage", "memory", "swap_usage")
+        add("memory.swap_limit", "memory", "swap_limit")
+    return rows
+
+
+@tasks.command("metrics")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.argument("id")
+@_run
+async def tasks_metrics(client: Client, fmt: str, id: str) -> None:
+    """Cgroup metrics of task ID (as ``ctr task metrics``)."""
+    import contextlib
+    import datetime
+
+    from ..client.events import decode
+
+    with contextlib.suppress(ImportError):  # registers the cgroup metrics types for decode
+        from ..api.io.containerd.cgroups import v1 as _v1  # noqa: F401
+        from ..api.io.containerd.cgroups import v2 as _v2  # noqa: F401
+    task = await client.tasks.load(id)
+    metric = await task.metrics()
+    data = decode(metric.data)
+    if fmt == "json":
+        from ..api.google import protobuf as pb
+
+        _print_json(data.to_dict() if data is not None and not isinstance(data, pb.Any) else
+                    {"type_url": getattr(data, "type_url", "")})
+        return
+    ts = metric.timestamp
+    when = "" if ts is None else (datetime.datetime.fromtimestamp(ts.seconds, datetime.UTC)
+                                  .strftime("%Y-%m-%d %H:%M:%S") + f".{ts.nanos:09d} +0000 UTC")
+    for line in _tab([["ID", "TIMESTAMP"], [metric.id, when]]):
+        click.echo(line)
+    click.echo("")
+    for line in _tab([["METRIC", "VALUE"], *_metric_rows(data)]):
+        click.echo(line)
+
+
+@tasks.command("delete")
+@click.option("--force", "-f", is_flag=True, help="Kill the task first.")
+@click.option("--exec-id", default="", help="Delete this exec'd process instead.")
+@click.argument("ids", nargs=-1, required=True)
+@_run
+async def tasks_delete(client: Client, force: bool, exec_id: str, ids: tuple[str, ...]) -> None:
+    """Delete stopped tasks (or one exec'd process); prints nothing, like ctr."""
+    for id in ids:
+        task = await client.tasks.load(id)
+        process = await task.load_process(exec_id) if exec_id else task
+        await process.delete(force=force)
+
+
+tasks.add_command(tasks_delete, name="rm")
+
+
+@main.group()
+def containers() -> None:
+    """Manage container records."""
+
+
+main.add_command(containers, name="container")
+main.add_command(containers, name="c")
+
+
+@containers.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="Print only container ids.")
+@click.argument("filters", nargs=-1)
+@_run
+async def containers_ls(client: Client, quiet: bool, filters: tuple[str, ...]) -> None:
+    """List containers: CONTAINER, IMAGE, RUNTIME."""
+    items = await client.containers.list(*filters)
+    if quiet:
+        for c in items:
+            click.echo(c.id)
+        return
+    rows = [["CONTAINER", "IMAGE", "RUNTIME"]]
+    rows += [[c.id, c.record.image or "-", c.record.runtime] for c in items]
+    for line in _tab(rows):
+        click.echo(line)
+
+
+containers.add_command(containers_ls, name="list")
+
+
+@containers.command("info")
+@click.option("--spec", "spec_only", is_flag=True, help="Only print the runtime spec.")
+@click.argument("id")
+@_run
+async def containers_info(client: Client, spec_only: bool, id: str) -> None:
+    """The record of container ID as JSON (spec decoded)."""
+    info = await client.containers.info(id)
+    if spec_only:
+        _print_json(info.spec)
+        return
+    _print_json(info.to_json())
+
+
+@containers.command("rm")
+@click.option("--keep-snapshot", is_flag=True, help="Keep the container's snapshot.")
+@click.argument("ids", nargs=-1, required=True)
+@_run
+async def containers_rm(client: Client, keep_snapshot: bool, ids: tuple[str, ...]) -> None:
+    """Delete containers (and their snapshots); a stopped or created task is deleted first."""
+    failed = False
+    for id in ids:
+        try:
+            container = await client.containers.get(id)
+            try:
+                task = await container.task()
+            except NotFound:
+                task = None
+            if task is not None:
+                status = await task.status()
+                if status.status not in ("STOPPED", "CREATED"):
+                    raise ContainerdError(f"cannot delete a non stopped container: {status.status.lower()}")
+                await task.delete(force=status.status == "CREATED")
+            await container.delete(cleanup_snapshot=not keep_snapshot)
+        except ContainerdError as e:
+            failed = True
+            click.echo(f"actr: failed to delete container {id!r}: {e.message}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+containers.add_command(containers_rm, name="delete")
+
+
+@main.command()
+@click.argument("filters", nargs=-1)
+@_run
+async def events(client: Client, filters: tuple[str, ...]) -> None:
+    """Print events as they happen: TIMESTAMP NAMESPACE TOPIC EVENT-JSON (as ``ctr events``)."""
+    import json
+
+    from ..api.google import protobuf as pb
+
+    async with client.events.subscribe(*filters) as stream:
+        async for e in stream:
+            if e.event is None or isinstance(e.event, pb.Any):
+                body = "{}" if e.event is None else json.dumps({"type_url": e.event.type_url})
+            else:
+                body = json.dumps(e.event.to_dict(), separators=(",", ":"))
+            when = e.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC") if e.timestamp else ""
+            click.echo(f"{when} {e.namespace} {e.topic} {body}")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,15 @@ from ..config import DEFAULT_ADDRESS
 from ..errors import from_status
 from ..metadata.namespaces import Namespace
 from ..services.context import DEFAULT_NAMESPACE, NAMESPACE_HEADER
+from .containers import Container, ContainerInfo, Containers
+from .events import Envelope, Events
 from .images import ClientStream, Images, Progress
+from .tasks import ExitStatus, Process, ProcessStatus, Task, Tasks
 
 T = TypeVar("T")
-__all__ = ["Client", "ClientStream", "Images", "Namespaces", "PluginInfo", "Progress", "ServerInfo",
-           "Version"]
+__all__ = ["Client", "ClientStream", "Container", "ContainerInfo", "Containers", "Envelope", "Events",
+           "ExitStatus", "Images", "Namespaces", "PluginInfo", "Process", "ProcessStatus", "Progress",
+           "ServerInfo", "Task", "Tasks", "Version"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +141,9 @@ class Client:
         self._introspection = introspection_api.IntrospectionStub(self._channel, **stub_args)
         self.namespaces = Namespaces(namespaces_api.NamespacesStub(self._channel, **stub_args))
         self.images = Images(self._channel, stub_args["metadata"], timeout)
+        self.tasks = Tasks(self._channel, stub_args["metadata"], timeout)
+        self.containers = Containers(self._channel, stub_args["metadata"], self.images, timeout, self)
+        self.events = Events(self._channel, stub_args["metadata"], timeout)
 
     def with_namespace(self, namespace: str) -> Client:
         """A client for ``namespace`` sharing this one's connection (close the original)."""
