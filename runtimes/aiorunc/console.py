@@ -26,7 +26,6 @@ import os
 import shutil
 import socket
 import struct
-import tempfile
 import termios
 
 #: unix socket paths must fit sockaddr_un.sun_path (108 bytes with the NUL)
@@ -56,6 +55,8 @@ class ConsoleSocket:
         """
         tmpdir = None
         if dir is None:
+            import tempfile
+
             dir = tmpdir = tempfile.mkdtemp(prefix="pty")
         path = os.path.join(dir, f"pty{os.urandom(6).hex()}.sock")
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:

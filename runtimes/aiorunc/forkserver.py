@@ -19,8 +19,14 @@ then takes the request's environment and bundle cwd, creates its own event loop
 and serves (:func:`.shim.run`).  The intermediate child is reaped at once, so
 the fork server never holds zombies.
 
-After ``AIORUNC_FORKSERVER_IDLE`` seconds without a request (default 600) the
-fork server exits; a later ``start`` launches a new one.
+Lifetime: there is at most one fork server per key (the abstract name is bound
+exclusively, by the ``start`` that launches it).  It exits after
+``AIORUNC_FORKSERVER_IDLE`` seconds without a request (default 60), and as soon
+as the daemon it serves is gone: every ``AIORUNC_FORKSERVER_CHECK`` seconds
+(default 5) it checks that the daemon's ttrpc or gRPC socket (the first
+request's ``TTRPC_ADDRESS``/``-address``) still exists and accepts a connection.
+A later ``start`` launches a new one; a ``start`` whose request the exiting
+fork server dropped unanswered simply asks again.
 """
 
 from __future__ import annotations
@@ -30,9 +36,14 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
+import time
 
-IDLE_SECONDS = 600.0
+#: seconds without a request before the fork server exits
+IDLE_SECONDS = 60.0
+#: seconds between two checks that the daemon still listens
+CHECK_SECONDS = 5.0
 
 
 def preimport() -> None:
@@ -49,14 +60,80 @@ def preimport() -> None:
     import asyncio  # noqa: F401
     import logging  # noqa: F401
 
-    import betterproto2  # noqa: F401
+    with _light_imports():
+        import betterproto2  # noqa: F401
 
-    from aiocontainerd.api.containerd.task import v2  # noqa: F401
+        from aiocontainerd.api.containerd.task import v2  # noqa: F401
 
-    from . import service, shim  # noqa: F401
+    from . import main, service, shim  # noqa: F401
 
     gc.collect()
     gc.freeze()
+
+
+def _dist_version(name: str) -> str:
+    """``importlib.metadata.version`` read straight from a ``*.dist-info`` folder name."""
+    want = name.replace("-", "_").lower()
+    for d in sys.path:
+        try:
+            names = os.listdir(d or ".")
+        except OSError:
+            continue
+        for n in names:
+            if n.endswith(".dist-info"):
+                dist, _, version = n[:-len(".dist-info")].rpartition("-")
+                if dist.replace("-", "_").lower() == want:
+                    return version
+    from importlib import metadata as real  # not found this way: ask the real one
+
+    return real.version(name)
+
+
+def _light_imports():
+    """While importing betterproto2 and the messages, keep two heavy imports out:
+
+    * ``importlib.metadata`` (email, zipfile, csv, bz2, lzma, ... ~1 MB) that
+      betterproto2 uses only for its own version: answered from the dist-info name;
+    * ``dateutil`` (+ zoneinfo, decimal, calendar, ~2 MB) that the protobuf
+      messages use only to parse JSON timestamps: a stand-in imports it on first use.
+
+    Both stand-ins leave ``sys.modules`` afterwards (dateutil's on first use), so any
+    later import gets the real modules.
+    """
+    import contextlib
+    import types
+
+    @contextlib.contextmanager
+    def cm():
+        saved = {n: sys.modules.get(n) for n in ("importlib.metadata", "dateutil", "dateutil.parser")}
+        if saved["importlib.metadata"] is None:
+            meta = types.ModuleType("importlib.metadata")
+            meta.version = _dist_version  # type: ignore[attr-defined]
+            sys.modules["importlib.metadata"] = meta
+        if saved["dateutil"] is None and saved["dateutil.parser"] is None:
+            def load(attr: str) -> object:
+                for n in ("dateutil", "dateutil.parser"):
+                    if getattr(sys.modules.get(n), "_aiorunc_standin", False):
+                        del sys.modules[n]
+                import importlib
+
+                return getattr(importlib.import_module("dateutil.parser"), attr)
+
+            parser = types.ModuleType("dateutil.parser")
+            parser.__getattr__ = load  # type: ignore[attr-defined]
+            parser._aiorunc_standin = True  # type: ignore[attr-defined]
+            pkg = types.ModuleType("dateutil")
+            pkg.__path__ = []  # type: ignore[attr-defined]
+            pkg.parser = parser  # type: ignore[attr-defined]
+            pkg._aiorunc_standin = True  # type: ignore[attr-defined]
+            sys.modules["dateutil"], sys.modules["dateutil.parser"] = pkg, parser
+        try:
+            yield
+        finally:
+            if saved["importlib.metadata"] is None:
+                sys.modules.pop("importlib.metadata", None)
+
+    return cm()
 
 
 def _spawn(req: dict, sock: socket.socket, conn: socket.socket | None,
@@ -79,7 +156,8 @@ def _spawn(req: dict, sock: socket.socket, conn: socket.socket | None,
                 listener.close()
             if conn is not None:
                 conn.close()
-            code = become_shim(req, sock)
+            # a waiting ``start`` got the pid and writes shim.pid; else the shim does
+            code = become_shim(req, sock, write_pid=conn is None)
         except BaseException:
             import traceback
 
@@ -89,9 +167,37 @@ def _spawn(req: dict, sock: socket.socket, conn: socket.socket | None,
     os.waitpid(pid, 0)
 
 
-def become_shim(req: dict, sock: socket.socket) -> int:
+#: ``/proc/<pid>/comm`` of the fork server and of the shims it forks (``ps``, ``pgrep``)
+FORKSERVER_NAME = b"aiorunc-forksrv"
+SHIM_NAME = b"aiorunc-shim"
+
+
+def set_name(name: bytes) -> None:
+    """Set this process's ``comm`` (``prctl(PR_SET_NAME)``, 15 bytes at most)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _one_malloc_arena() -> None:
+    """``mallopt(M_ARENA_MAX, 1)``: a worker thread of a shim (a mount, a cgroup read)
+    must not give it a second malloc arena of its own (glibc; inherited by forks)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def become_shim(req: dict, sock: socket.socket, *, write_pid: bool = True) -> int:
     """In the forked grandchild: adopt ``req``'s environment and bundle, then serve."""
     from .shim import ShimConfig, run
+
+    set_name(SHIM_NAME)
 
     os.chdir(req["bundle"])
     os.environ.clear()
@@ -100,7 +206,8 @@ def become_shim(req: dict, sock: socket.socket) -> int:
     cfg = ShimConfig(namespace=req["namespace"], id=req["id"], address=req["address"],
                      ttrpc_address=req.get("ttrpc_address", ""),
                      publish_binary=req.get("publish_binary", ""), bundle=req["bundle"],
-                     debug=bool(req.get("debug")), oom_score_adj=req.get("oom_score_adj"))
+                     debug=bool(req.get("debug")), oom_score_adj=req.get("oom_score_adj"),
+                     write_pid=write_pid)
     return run(cfg, sock)
 
 
@@ -138,22 +245,79 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
         conn.close()
 
 
-def serve(listener: socket.socket, idle: float) -> None:
-    """Answer fork requests until ``idle`` seconds pass without one."""
+def _accepts(address: str) -> bool:
+    """Whether the unix socket ``address`` (``unix://`` path, path or ``@abstract``) accepts."""
+    if address.startswith("unix://"):
+        address = address[len("unix://"):]
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("\0"):
+        try:
+            if not stat.S_ISSOCK(os.stat(address).st_mode):
+                return False
+        except OSError:
+            return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(1)
+        s.connect(address)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def daemon_alive(req: dict) -> bool:
+    """Whether the daemon of ``req`` still serves: its ttrpc or its gRPC socket accepts.
+
+    True when the request names no daemon socket (nothing to watch).
+    """
+    addresses = [a for a in (req.get("ttrpc_address"), req.get("address")) if a]
+    return not addresses or any(_accepts(a) for a in addresses)
+
+
+def serve(listener: socket.socket, idle: float, *, alive=lambda: True,
+          check: float = CHECK_SECONDS) -> str:
+    """Answer fork requests until ``idle`` seconds pass without one or ``alive()`` fails.
+
+    ``alive`` is called every ``check`` seconds.  Returns why it stopped
+    (``"idle"`` or ``"daemon gone"``).
+    """
+    last = now = time.monotonic()
+    next_check = now + check
     while True:
-        r, _, _ = select.select([listener], [], [], idle)
+        now = time.monotonic()
+        if now - last >= idle:
+            return "idle"
+        if now >= next_check:
+            if not alive():
+                return "daemon gone"
+            next_check = now + check
+        r, _, _ = select.select([listener], [], [], max(0.0, min(last + idle, next_check) - now))
         if not r:
-            return
+            continue
         try:
             conn, _ = listener.accept()
         except OSError:
             continue
         _handle(conn, listener)
+        last = time.monotonic()
+
+
+def _env_seconds(req: dict, name: str, default: float) -> float:
+    try:
+        value = float((req.get("env") or {}).get(name) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def main(argv: list[str]) -> int:
     """``python -m aiocontainerd.runtimes.aiorunc.forkserver`` with fds 3, 4 and 5."""
     os.chdir("/")
+    set_name(FORKSERVER_NAME)
+    _one_malloc_arena()
     with open(5, "rb") as f:
         req = json.loads(f.read())
     sock = socket.socket(fileno=3)
@@ -161,10 +325,8 @@ def main(argv: list[str]) -> int:
         listener: socket.socket | None = socket.socket(fileno=4)
     except OSError:
         listener = None
-    try:
-        idle = float(req.get("env", {}).get("AIORUNC_FORKSERVER_IDLE") or IDLE_SECONDS)
-    except ValueError:
-        idle = IDLE_SECONDS
+    idle = _env_seconds(req, "AIORUNC_FORKSERVER_IDLE", IDLE_SECONDS)
+    check = _env_seconds(req, "AIORUNC_FORKSERVER_CHECK", CHECK_SECONDS)
     try:
         preimport()
     except Exception:
@@ -174,7 +336,10 @@ def main(argv: list[str]) -> int:
     _spawn(req, sock, None, listener)
     sock.close()
     if listener is not None:
-        serve(listener, idle)
+        try:
+            serve(listener, idle, alive=lambda: daemon_alive(req), check=check)
+        finally:
+            listener.close()
     return 0
 
 

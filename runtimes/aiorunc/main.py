@@ -181,10 +181,21 @@ def new_socket(path: str) -> socket.socket | None:
 
 
 def _atomic_write(path: str, data: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(data)
-    os.rename(tmp, path)
+    """Write ``path`` whole or not at all; the temporary name is unique to this process
+    and thread, so concurrent writers never rename each other's file away."""
+    from _thread import get_ident
+
+    tmp = f"{path}.{os.getpid()}.{get_ident()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _shim_oom_score() -> int:
@@ -216,16 +227,28 @@ def forkserver_key(address: str) -> str:
     return "\0aiorunc-forkserver-" + h.hexdigest()[:40]
 
 
+class _Dropped(Exception):
+    """The fork server closed the connection without forking (it was exiting)."""
+
+
 def _request_forkserver(conn: socket.socket, req: dict, sock: socket.socket,
                         timeout: float) -> int:
-    """Send one serve request plus the bound shim socket; return the new shim's pid."""
+    """Send one serve request plus the bound shim socket; return the new shim's pid.
+
+    Raises :class:`_Dropped` when the fork server went away before answering (an
+    idle or orphaned one exiting with our connection in its backlog): no shim was
+    forked, ask again.
+    """
     conn.settimeout(timeout)
     data = json.dumps(req).encode()
-    conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                           sock.fileno().to_bytes(4, sys.byteorder))])
-    reply = conn.recv(4096)
+    try:
+        conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               sock.fileno().to_bytes(4, sys.byteorder))])
+        reply = conn.recv(4096)
+    except (ConnectionResetError, BrokenPipeError) as e:
+        raise _Dropped() from e
     if not reply:
-        raise OSError("fork server closed the connection")
+        raise _Dropped()
     answer = json.loads(reply)
     if "pid" not in answer:
         raise OSError(f"fork server: {answer.get('error', answer)}")
@@ -308,6 +331,8 @@ def launch(opts: Options, req: dict, sock: socket.socket) -> int | None:
                     os.close(memfd)
         try:
             return _request_forkserver(conn, req, sock, timeout)
+        except _Dropped:
+            continue
         except (OSError, ValueError):
             return _launch_plain(opts, sock)
         finally:

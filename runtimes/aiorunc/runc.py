@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -293,6 +292,8 @@ class Runc:
         """
         tmp = None
         if not isinstance(process_json_path, str):
+            import tempfile
+
             fd, tmp = tempfile.mkstemp(prefix=".process-", suffix=".json",
                                        dir=os.path.dirname(_abs(pid_file)))
             with os.fdopen(fd, "w") as f:

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 from collections.abc import Awaitable, Callable
 
 import betterproto2
@@ -239,7 +238,7 @@ class TaskService:
         p = c.init
         console = None
         try:
-            await asyncio.to_thread(_write_bundle_options, bundle, opts)
+            _write_bundle_options(bundle, opts)  # two small files: no worker thread
             if r.rootfs:
                 from aiocontainerd.mount import Mount
                 from aiocontainerd.mount.mounting import mount_all
@@ -350,6 +349,8 @@ class TaskService:
     async def _start_exec(self, c: Container, p: Process) -> None:
         p.io = await self._open_io(c, p)
         pid_file = os.path.join(c.bundle, f"{p.id}.pid")
+        import tempfile
+
         fd, spec_path = tempfile.mkstemp(prefix="runc-process", dir=c.bundle)
         with os.fdopen(fd, "wb") as f:
             f.write(p.spec)
@@ -581,7 +582,9 @@ class TaskService:
         return api.ConnectResponse(shim_pid=os.getpid(), task_pid=c.init.pid if c else 0)
 
     async def shutdown(self, r: api.ShutdownRequest) -> pb.Empty:
-        if self.containers and not r.now:
+        # As Go's runc shim (1.6 and 2.x): ``now`` is not looked at; a shim still
+        # serving containers keeps running.
+        if self.containers:
             return pb.Empty()
         asyncio.get_running_loop().call_soon(self.request_shutdown)
         return pb.Empty()

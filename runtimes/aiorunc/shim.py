@@ -36,6 +36,9 @@ class ShimConfig:
     bundle: str = ""
     debug: bool = False
     oom_score_adj: int | None = None
+    #: write ``shim.pid`` (False when ``start`` learnt the pid and writes it itself:
+    #: one writer per file)
+    write_pid: bool = True
 
 
 class _LogfmtFormatter(logging.Formatter):
@@ -72,11 +75,11 @@ def setup_logging(debug: bool) -> None:
 
 
 def _write_self(cfg: ShimConfig) -> None:
-    with contextlib.suppress(OSError):
-        tmp = "shim.pid.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(tmp, "shim.pid")
+    if cfg.write_pid:
+        from .main import _atomic_write
+
+        with contextlib.suppress(OSError):
+            _atomic_write("shim.pid", str(os.getpid()))
     if cfg.oom_score_adj is not None:
         with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(cfg.oom_score_adj))

@@ -174,6 +174,11 @@ class Harness:
             subprocess.run([RUNC, "--root", f"/run/containerd/runc/{self.ns}", "delete", "--force", id],
                            capture_output=True)
             subprocess.run(["umount", "-R", str(b / "rootfs")], capture_output=True)
+        for _, b in self.bundles:       # shims the test never connected to, too
+            try:
+                self.shim_pids.add(int((b / "shim.pid").read_text()))
+            except (OSError, ValueError):
+                pass
         for pid in self.shim_pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -434,3 +439,77 @@ async def test_forkserver_detaches_shims_then_idles_out_and_plain_fallback(h: Ha
     await h.call(c, "Delete", task.DeleteRequest(id="f3"), task.DeleteResponse)
     assert not _abstract_listening(key)
     await finish(h, c, address, b)
+
+
+def _forkservers_of(address: str) -> list[int]:
+    """Pids of the fork server processes started for daemon ``address``."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            # forked shims share the fork server's command line, not its name
+            if Path(f"/proc/{d}/comm").read_text().strip() != "aiorunc-forksrv":
+                continue
+            env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"GRPC_ADDRESS={address}".encode() in env and not gone(int(d), timeout=0.01):
+            pids.append(int(d))
+    return pids
+
+
+async def test_concurrent_starts_one_forkserver_which_leaves_with_the_daemon(h: Harness) -> None:
+    """Cold and warm starts at once: every start succeeds (shim.pid was renamed away by a
+    second writer before), shim.pid names the serving shim, one fork server per key, and
+    it exits once the daemon's socket is gone."""
+    h.extra_env.update(AIORUNC_FORKSERVER_IDLE="120", AIORUNC_FORKSERVER_CHECK="0.5")
+    ids = [f"k{i}" for i in range(16)]
+    bundles = {id: h.bundle(id, ["true"]) for id in ids}
+    addrs = {}
+    for batch in (ids[:8], ids[8:]):          # cold starts at once, then warm ones at once
+        got = await asyncio.gather(*(h.start(id, bundles[id]) for id in batch))
+        addrs.update(zip(batch, got, strict=True))
+        assert len(_forkservers_of(h.address)) == 1
+    for id in ids:
+        c = await h.connect(addrs[id])
+        pid = await h.shim_pid(c)
+        assert (bundles[id] / "shim.pid").read_text() == str(pid)
+        assert [p.name for p in bundles[id].iterdir() if p.name.endswith(".tmp")] == []
+    for c in h.clients:
+        await h.call(c, "Shutdown", task.ShutdownRequest(id=""))
+    assert all(gone(pid) for pid in h.shim_pids)
+    [fs] = _forkservers_of(h.address)
+    await h.sink.server.close()
+    Path(h.sink.path).unlink(missing_ok=True)
+    assert gone(fs, timeout=5), "fork server outlived its daemon"
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{fs}").exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert not Path(f"/proc/{fs}").exists(), "fork server left a zombie"
+
+
+async def test_state_and_wait_after_an_exit_nobody_watched(h: Harness) -> None:
+    """A daemon restart reconnects to a shim whose container exited meanwhile: State says
+    STOPPED with the exit status and Wait answers at once."""
+    b = h.bundle("x1", ["sh", "-c", "exit 3"])
+    address = await h.start("x1", b)
+    c = await h.connect(address)
+    await h.shim_pid(c)
+    created = await h.call(c, "Create", h.create_request("x1", b), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="x1"), task.StartResponse)
+    await c.close()
+    h.clients.remove(c)
+    assert gone(created.pid)
+    await h.sink.wait_for("/tasks/exit")
+    c2 = await h.connect(address)
+    st = await h.call(c2, "State", task.StateRequest(id="x1"), task.StateResponse)
+    assert st.status == Status.STOPPED and st.exit_status == 3 and st.pid == created.pid
+    assert st.exited_at.seconds > 0
+    w = await asyncio.wait_for(h.call(c2, "Wait", task.WaitRequest(id="x1"), task.WaitResponse), 2)
+    assert w.exit_status == 3 and w.exited_at == st.exited_at
+    await h.call(c2, "Shutdown", task.ShutdownRequest(id="x1", now=True))
+    assert not gone(await h.shim_pid(c2), timeout=0.3), "Shutdown(now) ended a shim with a container"
+    d = await h.call(c2, "Delete", task.DeleteRequest(id="x1"), task.DeleteResponse)
+    assert d.exit_status == 3
+    await finish(h, c2, address, b)

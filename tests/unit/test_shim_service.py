@@ -101,3 +101,92 @@ async def test_state_machine(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"linux": {"namespaces": [
         {"type": "pid", "path": "/proc/1/ns/pid"}]}}))
     assert c.should_kill_all_on_exit()
+
+
+def test_atomic_write_has_no_shared_temporary_name(tmp_path) -> None:
+    """``start`` and a forked shim both wrote ``shim.pid`` through ``shim.pid.tmp``: one
+    renamed the other's file away (FileNotFoundError).  Concurrent writers must not clash."""
+    import threading
+
+    path = str(tmp_path / "shim.pid")
+    failures: list[BaseException] = []
+
+    def writer(value: str) -> None:
+        try:
+            for _ in range(400):
+                shim_main._atomic_write(path, value)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(str(n),)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert (tmp_path / "shim.pid").read_text() in {"0", "1", "2", "3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shim.pid"]
+
+
+def test_forked_shim_leaves_shim_pid_to_a_waiting_start(tmp_path, monkeypatch) -> None:
+    """One writer of shim.pid: the shim writes it only when nobody learnt its pid."""
+    from aiocontainerd.runtimes.aiorunc import shim
+
+    monkeypatch.chdir(tmp_path)
+    cfg = shim.ShimConfig(namespace="n", id="c", address="", ttrpc_address="", write_pid=False)
+    shim._write_self(cfg)
+    assert not (tmp_path / "shim.pid").exists()
+    cfg.write_pid = True
+    shim._write_self(cfg)
+    assert (tmp_path / "shim.pid").read_text() == str(__import__("os").getpid())
+
+
+async def test_shutdown_now_keeps_a_shim_with_containers(tmp_path) -> None:
+    """Go's Shutdown ignores ``now``: with containers left the shim keeps serving."""
+    from aiocontainerd.api.containerd.task import v2 as api
+    from aiocontainerd.runtimes.aiorunc.service import TaskService
+    from aiocontainerd.runtimes.aiorunc.shim import ShimConfig
+
+    cfg = ShimConfig(namespace="n", id="c1", address="", ttrpc_address="", bundle=str(tmp_path))
+    svc = TaskService(cfg, reaper=None, publisher=None)
+    svc.containers["c1"] = Container("c1", str(tmp_path), None, Stdio())
+    await svc.shutdown(api.ShutdownRequest(id="c1", now=True))
+    await asyncio.sleep(0)
+    assert not svc.shutdown_requested.is_set()
+    del svc.containers["c1"]
+    await svc.shutdown(api.ShutdownRequest(id="c1"))
+    await asyncio.sleep(0)
+    assert svc.shutdown_requested.is_set()
+
+
+def test_forkserver_serve_stops_when_idle_or_daemon_gone(tmp_path) -> None:
+    import socket
+    import time
+
+    from aiocontainerd.runtimes.aiorunc import forkserver
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "fs.sock"))
+    listener.listen(4)
+    try:
+        t0 = time.monotonic()
+        assert forkserver.serve(listener, 0.3, check=10) == "idle"
+        assert 0.25 < time.monotonic() - t0 < 2
+        calls = []
+        t0 = time.monotonic()
+        assert forkserver.serve(listener, 60, alive=lambda: calls.append(1) or len(calls) < 3,
+                                check=0.1) == "daemon gone"
+        assert len(calls) == 3 and time.monotonic() - t0 < 2
+    finally:
+        listener.close()
+
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    daemon.bind(str(tmp_path / "d.sock"))
+    daemon.listen(4)
+    req = {"address": str(tmp_path / "d.sock"), "ttrpc_address": str(tmp_path / "none.ttrpc")}
+    assert forkserver.daemon_alive(req)
+    daemon.close()                      # the socket file stays, nobody accepts: gone
+    assert not forkserver.daemon_alive(req)
+    (tmp_path / "d.sock").unlink()
+    assert not forkserver.daemon_alive(req)
+    assert forkserver.daemon_alive({"address": "", "ttrpc_address": ""})

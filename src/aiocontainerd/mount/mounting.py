@@ -27,9 +27,11 @@ propagation words (``private``, ``rshared``, ...) become ``mount(2)`` flags,
 the rest is the filesystem's data string (``lowerdir=…``, ``index=off``).
 A read-only bind mount is made in two steps (bind, then remount read-only), as
 the kernel requires. An overlay whose options approach the page size (a long
-``lowerdir`` chain) is mounted from a short-lived child process that changes
-into the lower folders' common parent and passes relative paths, as
-containerd does; the daemon process never changes its own directory.
+``lowerdir`` chain) is mounted from a short-lived thread with its own
+working-folder context (``unshare(CLONE_FS)``) that changes into the lower
+folders' common parent and passes relative paths, as containerd does; the
+process's own directory never changes, and no child process is involved (so it
+is safe inside a shim whose reaper calls ``waitpid(-1)``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ import errno
 import logging
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -232,17 +232,25 @@ def compact_lowerdir(options: Sequence[str]) -> tuple[str, list[str]]:
     return "", words
 
 
-# A tiny program run by the child process that mounts with relative lowerdirs;
-# it gets its working folder from the parent (subprocess cwd=), never chdirs us.
-_CHILD = """\
-import ctypes, ctypes.util, os, sys
-lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-lib.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-a = [os.fsencode(x) for x in sys.argv[1:6]]
-if lib.mount(a[0], a[1], a[2], int(a[3]), a[4]) != 0:
-    sys.stderr.write(str(ctypes.get_errno()))
-    sys.exit(3)
-"""
+CLONE_FS = 0x00000200
+
+
+def _mount_in(chdir: str, source: str, target: str, fstype: str, flags: int, data: str,
+              result: list[int]) -> None:
+    # Runs in its own thread: unshare(CLONE_FS) gives this thread a private working
+    # folder, so the chdir is seen by this thread only (which then ends).
+    lib = _lib()
+    if lib.unshare(CLONE_FS) != 0:
+        result.append(ctypes.get_errno())
+        return
+    try:
+        os.chdir(chdir)
+    except OSError as e:
+        result.append(e.errno or errno.EIO)
+        return
+    rc = lib.mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags,
+                   os.fsencode(data) if data else None)
+    result.append(ctypes.get_errno() if rc != 0 else 0)
 
 
 def _describe(m: Mount, target: str) -> str:
@@ -262,15 +270,17 @@ def _sys_mount(source: str, target: str, fstype: str, flags: int, data: str, wha
 
 def _child_mount(chdir: str, source: str, target: str, fstype: str, flags: int, data: str,
                  what: str) -> None:
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _CHILD, source, target, fstype,
-                           str(flags), data], cwd=chdir, capture_output=True, timeout=120, check=False)
-    if proc.returncode == 0:
-        return
-    detail = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode == 3 and detail.isdigit():
-        _raise(int(detail), f"{what} (relative lowerdirs in {chdir})", target)
-    raise OSError(errno.EIO, f"{what}: the mount helper process failed "
-                             f"({proc.returncode}): {detail[-2000:]}", target)
+    """Mount with ``data`` relative to ``chdir``, from a helper thread (see the module doc)."""
+    import threading
+
+    result: list[int] = []
+    t = threading.Thread(target=_mount_in, args=(chdir, source, target, fstype, flags, data, result),
+                         name="mount-relative", daemon=True)
+    t.start()
+    t.join()
+    err = result[0] if result else errno.EIO
+    if err:
+        _raise(err, f"{what} (relative lowerdirs in {chdir})", target)
 
 
 def _locked_flags(target: str) -> int:
