@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cri.plugin import PLUGIN as CRI
 from .diff.service import PLUGIN as DIFF_SERVICE
 from .events import PLUGIN as EVENT_EXCHANGE
 from .images.service import PLUGIN as TRANSFER_LOCAL
@@ -9,6 +10,7 @@ from .metadata.plugin import CONTENT_PLUGIN as CONTENT_LOCAL
 from .metadata.plugin import PLUGIN as METADATA_LMDB
 from .metadata.scheduler import PLUGIN as GC_SCHEDULER
 from .plugin import Registration
+from .runtimes.v2.manager import PLUGIN as RUNTIME_V2_TASK
 from .services.containers import PLUGIN as CONTAINERS
 from .services.content import PLUGIN as CONTENT
 from .services.diff import PLUGIN as DIFF
@@ -19,6 +21,7 @@ from .services.introspection import PLUGIN as INTROSPECTION
 from .services.leases import PLUGIN as LEASES
 from .services.namespaces import PLUGIN as NAMESPACES
 from .services.snapshots import PLUGIN as SNAPSHOTS
+from .services.tasks import PLUGIN as TASKS
 from .services.transfer import PLUGINS as TRANSFER_PLUGINS
 from .services.version import PLUGIN as VERSION
 from .snapshotters.btrfs import PLUGIN as SNAPSHOTTER_BTRFS
@@ -34,6 +37,7 @@ def registrations() -> list[Registration]:
             CONTAINERS, CONTENT, IMAGES, LEASES, SNAPSHOTS, INTROSPECTION, HEALTH,
             *TRANSFER_PLUGINS, SNAPSHOTTER_OVERLAYFS, SNAPSHOTTER_NATIVE, SNAPSHOTTER_BTRFS,
             SNAPSHOTTER_DEVMAPPER, SNAPSHOTTER_WINDOWS, DIFF_SERVICE, DIFF,
+            RUNTIME_V2_TASK, TASKS, CRI,
             EVENT_EXCHANGE, *EVENTS_PLUGINS]
 
 

@@ -321,9 +321,39 @@ def mounts_under(folder: Path) -> list[str]:
     return sorted(points, key=len, reverse=True)
 
 
+def _cmd(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:100]
+    except OSError:
+        return "?"
+
+
+def _processes_of(folder: Path) -> list[int]:
+    """Processes (a shim, a fork server) whose command line or environment names ``folder``."""
+    mark = str(folder).rstrip("/").encode() + b"/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{entry.name}/{what}", "rb") as f:
+                    if mark in f.read():
+                        found.append(int(entry.name))
+                        break
+            except OSError:
+                continue
+    return found
+
+
 def cleanup(folder: Path, keep: bool = False) -> list[str]:
     """Unmount what is left below ``folder`` (reported), then delete it unless ``keep``."""
     warnings = []
+    for pid in _processes_of(folder):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            warnings.append(f"process {pid} ({_cmd(pid)}) of a run outlived its daemon, killed")
     for point in mounts_under(folder):
         r = subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
         warnings.append(f"left-over mount {point} unmounted"

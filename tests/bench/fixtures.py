@@ -25,6 +25,11 @@ Known needs:
     ``tests/bench/results/cache/usr-*`` (about 1 GB for both). Scenarios call
     ``run.fixtures.usr(compression)`` for (reference, image) and read
     ``run.fixtures.usr_image`` for the layer statistics.
+
+``BUSYBOX_IMAGE``
+    The same registry (started once for all), holding the tests' one-layer busybox-static
+    image (:func:`tests.support.images.busybox_image`) as ``<host>/bench/busybox:1``: what the
+    container scenarios run. Scenarios call ``run.fixtures.busybox()`` for the reference.
 """
 
 from __future__ import annotations
@@ -47,14 +52,16 @@ if TYPE_CHECKING:
 CACHE = Path(__file__).parent / "results" / "cache"
 LARGE_IMAGE = "large image in a loopback registry"
 USR_IMAGE = "real-files image (gzip and zstd) in a loopback registry"
-KNOWN = frozenset({LARGE_IMAGE, USR_IMAGE})
-REGISTRY_NEEDS = frozenset({LARGE_IMAGE, USR_IMAGE})
+BUSYBOX_IMAGE = "busybox image in a loopback registry"
+KNOWN = frozenset({LARGE_IMAGE, USR_IMAGE, BUSYBOX_IMAGE})
+REGISTRY_NEEDS = frozenset({LARGE_IMAGE, USR_IMAGE, BUSYBOX_IMAGE})
 
 LARGE_MB = 500
 LARGE_LAYERS = 7
 LARGE_REPO = "bench/large"
 LARGE_TAG = f"{LARGE_MB}mb-{LARGE_LAYERS}l-gzip"
 USR_REPO = "bench/usr"
+BUSYBOX_REPO = "bench/busybox"
 
 
 class FixtureError(RuntimeError):
@@ -76,6 +83,8 @@ class Fixtures:
     #: the real-files image (both variants, layer statistics) and its reference per compression
     usr_image: UsrImage | None = None
     usr_refs: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the busybox image's reference in ``registry``
+    busybox_ref: str = ""
     #: what setting up took, for the JSON (seconds per step)
     setup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     #: needs that cannot be met on this machine (a tool is not installed) and why;
@@ -98,6 +107,14 @@ class Fixtures:
             raise FixtureError(f"the scenario did not declare needs={{{USR_IMAGE!r}}}")
         return self.usr_refs[compression], self.usr_image.images[compression]
 
+    def busybox(self) -> str:
+        """The reference of the busybox image; FixtureError if it was not set up."""
+        if BUSYBOX_IMAGE in self.missing:
+            raise FixtureMissing(self.missing[BUSYBOX_IMAGE])
+        if not self.busybox_ref:
+            raise FixtureError(f"the scenario did not declare needs={{{BUSYBOX_IMAGE!r}}}")
+        return self.busybox_ref
+
     def describe(self) -> dict[str, object]:
         """For the results document."""
         out: dict[str, object] = {"setup_seconds": {k: round(v, 2) for k, v in self.setup_seconds.items()},
@@ -109,6 +126,8 @@ class Fixtures:
                 "layers": len(self.large_image.layers),
                 "compressed_bytes": sum(b.size for b in blobs),
                 "uncompressed_mib": LARGE_MB, "compression": "gzip"}
+        if self.busybox_ref:
+            out["busybox_image"] = {"ref": self.busybox_ref}
         if self.usr_image is not None:
             out["usr_image"] = {"refs": dict(self.usr_refs), **self.usr_image.describe()}
         return out
@@ -173,6 +192,12 @@ async def provide(needs: Iterable[str], folder: Path, cache: Path = CACHE) -> As
             size = sum(b.size for b in image.blobs.values())
             _say(f"registry on {registry.host} holds {fx.large_ref} ({size / 1e6:.0f} MB compressed, "
                  f"{len(image.layers)} layers; pushed in {fx.setup_seconds['push large image']:.1f} s)")
+        if BUSYBOX_IMAGE in needs:
+            from tests.support.images import busybox_image
+
+            await push(registry.host, BUSYBOX_REPO, "1", busybox_image())
+            fx.busybox_ref = f"{registry.host}/{BUSYBOX_REPO}:1"
+            _say(f"registry on {registry.host} holds {fx.busybox_ref} (busybox-static, one layer)")
         if usr is not None:
             t0 = time.perf_counter()
             for compression, img in usr.images.items():

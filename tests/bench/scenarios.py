@@ -6,19 +6,23 @@ See the package docstring for how to add one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
+import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from .daemons import DaemonError, PeakRSS, Running, mounts_under, rss_mb
-from .fixtures import LARGE_IMAGE, USR_IMAGE, FixtureMissing, Fixtures
+from .fixtures import BUSYBOX_IMAGE, LARGE_IMAGE, USR_IMAGE, FixtureMissing, Fixtures
 
 STATS = ("median", "p10", "p90", "p99", "mean", "min", "max")
 
@@ -403,6 +407,233 @@ UNPACK_DAEMON = "pull+unpack 1 GB gzip image, daemon-side pull [containerd: ctr 
 FETCH_CTR = "fetch 500 MB image, ctr content fetch"
 FETCH_DAEMON = "fetch 500 MB image, daemon-side pull [containerd: ctr fetch]"
 
+# -- running containers -------------------------------------------------------------------------
+#
+# The busybox-static image of the tests (fixtures.BUSYBOX_IMAGE) is pulled into each fresh
+# daemon with `ctr images pull --plain-http` before the clock starts; both daemons then run it
+# with the same ctr and the same runc (`runc` on PATH): containerd 1.6 through its Go
+# containerd-shim-runc-v2, aiocontainerd through its default io.containerd.runc.v2 shim.
+# Containers live in a namespace of the run's own (their cgroups are /<namespace>/<id>), and
+# everything is removed before the scenario returns (untimed).
+
+RUN_SERIES = 30          # `ctr run --rm` per daemon start
+CONCURRENT = 50          # containers started at once
+CONTAINER_TIMEOUT = 300.0
+
+
+def _namespace(run: Running) -> str:
+    return f"acbench{os.getpid()}r{run.index + 1}"
+
+
+async def _ctr_ns(run: Running, *args: str) -> str:
+    return await run.ctr("--namespace", _namespace(run), *args)
+
+
+async def _busybox(run: Running) -> str:
+    """The busybox reference, pulled into this daemon once per start (untimed)."""
+    fx: Fixtures | None = run.fixtures
+    if fx is None:
+        raise DaemonError("no session fixtures on this run (runner bug)")
+    try:
+        ref = fx.busybox()
+    except FixtureMissing as e:
+        raise Unsupported(str(e)) from e
+    if not run.recorded.get("busybox pulled"):
+        await _ctr_ns(run, "images", "pull", "--plain-http", ref)
+        run.recorded["busybox pulled"] = 1.0
+    return ref
+
+
+async def _ctr_run_status(run: Running, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "ctr", "--address", run.address, "--namespace", _namespace(run), "run", *args,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _unsupported_if_unimplemented(run: Running, output: str) -> None:
+    if run.kind != "containerd" and ("Unimplemented" in output or "not implemented" in output):
+        raise Unsupported(output.strip().splitlines()[-1] if output.strip() else "Unimplemented")
+
+
+async def _remove_all(run: Running) -> None:
+    """Kill, delete and remove every container of the run's namespace, then its cgroups (untimed)."""
+    ids = (await _ctr_ns(run, "containers", "ls", "-q")).split()
+    sem = asyncio.Semaphore(4)
+
+    async def one(id: str) -> None:
+        async with sem:
+            for args in (("task", "kill", "--signal", "SIGKILL", id), ("task", "delete", "--force", id),
+                         ("containers", "rm", id)):
+                with contextlib.suppress(DaemonError):
+                    await _ctr_ns(run, *args)
+
+    await asyncio.gather(*(one(i) for i in ids))
+    left = (await _ctr_ns(run, "containers", "ls", "-q")).split()
+    if left:
+        raise DaemonError(f"{run.kind}: containers left after removal: {left}")
+    _remove_cgroups(_namespace(run))
+    _remove_shim_sockets(run, ids)
+
+
+def _remove_shim_sockets(run: Running, ids: list[str]) -> None:
+    """Shim sockets (/run/containerd/s/<sha256(address/namespace/id)>, Go's and ours) that a
+    shim left behind once its task was deleted: a stale file a later run could trip on."""
+    from tests.support.runtime import go_shim_socket
+
+    for id in ids:
+        with contextlib.suppress(OSError):
+            go_shim_socket(run.address, _namespace(run), id).unlink()
+
+
+def _remove_cgroups(namespace: str) -> None:
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        d = hierarchy / namespace
+        if d.is_dir():
+            subs = sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True)
+            for sub in subs:
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+async def run_rm_true(run: Running) -> float:
+    """Median ms of `ctr run --rm IMG id true`, RUN_SERIES times in a row on this daemon start
+    (p90 kept for the derived row)."""
+    ref = await _busybox(run)
+    times = []
+    try:
+        for i in range(RUN_SERIES):
+            t0 = time.perf_counter()
+            async with asyncio.timeout(CONTAINER_TIMEOUT):
+                code, out = await _ctr_run_status(run, "--rm", ref, f"lat{i}", "true")
+            elapsed = time.perf_counter() - t0
+            if code != 0:
+                _unsupported_if_unimplemented(run, out)
+                raise DaemonError(f"{run.kind}: ctr run --rm {ref} lat{i} true: exit {code}: {out.strip()}")
+            times.append(elapsed * 1000)
+    finally:
+        await _remove_all(run)
+    run.recorded["run p90"] = stat_of(times, "p90")
+    run.recorded["run min"] = min(times)
+    return statistics.median(times)
+
+
+def stat_of(values: list[float], name: str) -> float:
+    from .report import stat
+
+    value = stat(values, name)
+    assert value is not None
+    return value
+
+
+async def run_concurrent(run: Running) -> float:
+    """Seconds for CONCURRENT `ctr run -d IMG id sleep 1000` started at once until all returned
+    (each started task then checked RUNNING; failed starts counted in a row of their own; all
+    removed afterwards, untimed)."""
+    ref = await _busybox(run)
+    fifo = run.folder / "fifo"
+    try:
+        t0 = time.perf_counter()
+        async with asyncio.timeout(CONTAINER_TIMEOUT):
+            results = await asyncio.gather(*(
+                _ctr_run_status(run, "-d", "--fifo-dir", str(fifo), ref, f"par{i}", "sleep", "1000")
+                for i in range(CONCURRENT)))
+        seconds = time.perf_counter() - t0
+        failed = [(i, code, out) for i, (code, out) in enumerate(results) if code != 0]
+        if len(failed) == CONCURRENT:
+            _unsupported_if_unimplemented(run, failed[0][2])
+            raise DaemonError(f"{run.kind}: every ctr run -d failed, e.g. par0: {failed[0][2].strip()}")
+        if failed:   # a real failure, counted in its own row; the series goes on
+            last = failed[0][2].strip().splitlines()[-1:] or [""]
+            print(f"{run.kind} run {run.index}: {len(failed)} of {CONCURRENT} ctr run -d failed, e.g. "
+                  f"par{failed[0][0]}: {last[0]}", file=sys.stderr, flush=True)
+        listed = (await _ctr_ns(run, "task", "ls")).splitlines()[1:]
+        running = [line.split()[0] for line in listed if line.split()[-1:] == ["RUNNING"]]
+        if len(running) != CONCURRENT - len(failed):
+            raise DaemonError(f"{run.kind}: {len(running)} tasks RUNNING after {CONCURRENT - len(failed)} "
+                              f"successful starts: {listed}")
+        run.recorded["concurrent per container"] = seconds / CONCURRENT * 1000
+        run.recorded["concurrent failed"] = float(len(failed))
+    finally:
+        await _remove_all(run)
+    return seconds
+
+
+SHIM_SETTLE = 1.0   # seconds after `ctr run -d` returned before the shim's memory is read
+
+
+def _pss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise DaemonError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+async def shim_rss(run: Running) -> float:
+    """VmRSS (MB) of the shim process serving one `sleep` container, 1 s after `ctr run -d`
+    returned (its PSS, and the PSS of all this daemon's shim processes, kept for derived rows)."""
+    from tests.support.runtime import bundle, cmdline, cwd, shims_of
+
+    ref = await _busybox(run)
+    id = "rss"
+    try:
+        code, out = await _ctr_run_status(run, "-d", "--fifo-dir", str(run.folder / "fifo"), ref, id,
+                                          "sleep", "1000")
+        if code != 0:
+            _unsupported_if_unimplemented(run, out)
+            raise DaemonError(f"{run.kind}: ctr run -d {ref} {id}: exit {code}: {out.strip()}")
+        await asyncio.sleep(SHIM_SETTLE)
+        shims = shims_of(run.folder)
+        where = str(bundle(run.folder / "state", _namespace(run), id))
+        serving = [p for p in shims if cwd(p) == where or id in cmdline(p)]
+        if len(serving) != 1:
+            raise DaemonError(f"{run.kind}: expected one shim serving {id}, found {serving} among "
+                              f"{ {p: cmdline(p) for p in shims} }")
+        (pid,) = serving
+        rss = rss_mb(pid)
+        run.recorded["shim PSS"] = _pss_mb(pid)
+        run.recorded["all shims PSS"] = sum(_pss_mb(p) for p in shims)
+        run.recorded["shim processes"] = float(len(shims))
+    finally:
+        await _remove_all(run)
+    return rss
+
+
+CTR_RUN = f"ctr run --rm busybox true, median of {RUN_SERIES} per start"
+CTR_RUN_50 = f"{CONCURRENT} x ctr run -d at once, wall time"
+SHIM_MEMORY = "shim serving 1 container, VmRSS"
+CONTAINER_NEEDS = frozenset({BUSYBOX_IMAGE})
+
+
+def _container_rows() -> list[Scenario]:
+    return [
+        Scenario(CTR_RUN, "ms", run_rm_true, group="run", needs=CONTAINER_NEEDS),
+        Scenario(f"ctr run --rm busybox true, p90 of {RUN_SERIES} per start", "ms", _recorded("run p90"),
+                 group="run", needs=CONTAINER_NEEDS, derived_from=CTR_RUN),
+        Scenario(CTR_RUN_50, "s", run_concurrent, group="run-concurrent", stats=("median", "p90"),
+                 needs=CONTAINER_NEEDS),
+        Scenario(f"{CTR_RUN_50}, per container", "ms", _recorded("concurrent per container"),
+                 group="run-concurrent", needs=CONTAINER_NEEDS, derived_from=CTR_RUN_50),
+        Scenario(f"{CTR_RUN_50}, failed starts", "starts", _recorded("concurrent failed"),
+                 group="run-concurrent", stats=("max",), needs=CONTAINER_NEEDS, derived_from=CTR_RUN_50),
+        Scenario(SHIM_MEMORY, "MB", shim_rss, group="shim-memory", needs=CONTAINER_NEEDS),
+        Scenario("shim serving 1 container, PSS", "MB", _recorded("shim PSS"), group="shim-memory",
+                 needs=CONTAINER_NEEDS, derived_from=SHIM_MEMORY),
+        Scenario("shim serving 1 container, PSS of all the daemon's shim processes", "MB",
+                 _recorded("all shims PSS"), group="shim-memory", needs=CONTAINER_NEEDS,
+                 derived_from=SHIM_MEMORY),
+    ]
+
 
 SCENARIOS: list[Scenario] = [
     Scenario("start to Version answered", "ms", start_to_version, stats=("median", "p90")),
@@ -412,4 +643,5 @@ SCENARIOS: list[Scenario] = [
     *_unpack_rows(UNPACK_GZIP, "unpack-gzip", _unpack_scenario("gzip", _ctr_pull)),
     *_unpack_rows(UNPACK_ZSTD, "unpack-zstd", _unpack_scenario("zstd", _ctr_pull)),
     *_unpack_rows(UNPACK_DAEMON, "unpack-daemon", _daemon_unpack_or_na),
+    *_container_rows(),
 ]
