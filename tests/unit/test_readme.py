@@ -25,3 +25,14 @@ def test_embedding_example_runs() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", lines[0])
     assert lines[1].startswith("as expected: namespace 'builds': already exists")
     assert lines[2] == "[('builds', {})]"
+
+
+def test_configuration_example_is_valid(tmp_path: Path) -> None:
+    text = README.read_text()
+    m = re.search(r"## Configuration.*?```toml\n(.*?)```", text, re.S)
+    assert m, "README has no configuration example"
+    path = tmp_path / "config.toml"
+    path.write_text(m.group(1))
+    r = subprocess.run([sys.executable, "-m", "aiocontainerd.cli.daemon", "config", "validate", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr + r.stdout
