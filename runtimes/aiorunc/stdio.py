@@ -18,7 +18,11 @@ What the client asks for (``Create``/``Exec`` requests' ``stdin``/``stdout``/
   ``binary-v2``, writes a byte to) once ready; environment only
   ``CONTAINER_ID`` and ``CONTAINER_NAMESPACE``; arguments are the query's
   keys each followed by its first value.  On :meth:`ProcessIO.close` the
-  logger gets SIGTERM, then SIGKILL after 12 s.
+  logger gets SIGTERM, then SIGKILL after 12 s.  With a terminal, fd 3 carries
+  the console output and fd 4 stays empty (as Go's shim does).  When the URI
+  names ``aiocontainerd-cri-logger`` (the CRI log writer,
+  :mod:`aiocontainerd.cri.logger`), no process is started: the shim writes the
+  CRI log itself, same format, same arguments.
 * **``file:///path``**: stdout and stderr are appended to that file
   (created ``0644`` with its parent directories).
 
@@ -450,8 +454,12 @@ async def _setup(pio: ProcessIO, scheme: str, id: str, namespace: str, reaper: R
                 sink = _open_log_file(_parse(pio.stdout_path).path, users=1)
             elif scheme == "fifo":
                 sink = _open_fifo_or_file_for_write(_fifo_path(pio.stdout_path))
+            elif _is_cri_logger(pio.stdout_path):
+                sink = _cri_log_sinks(pio, 1)[0]
             else:
-                raise errors.InvalidArgument(f"{scheme} stdio is not supported with a terminal")
+                out_w = await _start_logger(pio, scheme, id, namespace, reaper, chown, terminal=True)
+                _set_nonblocking(out_w)
+                sink = _Sink(out_w, None, regular=False)
             pio._sinks.append(sink)
             pio._stdout_sink = sink
         return
@@ -494,7 +502,17 @@ async def _setup(pio: ProcessIO, scheme: str, id: str, namespace: str, reaper: R
         return
 
     # binary logger
-    await _start_logger(pio, scheme, id, namespace, reaper, chown)
+    if _is_cri_logger(pio.stdout_path):
+        for i, sink in enumerate(_cri_log_sinks(pio, 2)):
+            pio._sinks.append(sink)  # type: ignore[arg-type]
+            r, w = pio._pipe()
+            pio._child[i + 1] = w
+            pio._child_owned.append(w)
+            chown(w)
+            _set_nonblocking(r)
+            pio._out_sources.append((r, sink))
+    else:
+        await _start_logger(pio, scheme, id, namespace, reaper, chown)
     pio._start_copies()
 
 
@@ -524,17 +542,57 @@ def logger_argv(uri: str) -> list[str]:
     return argv
 
 
+class _CRILogSink:
+    """An output stream written as CRI log records by the shim itself (see the module doc)."""
+
+    regular = True
+
+    def __init__(self, writer) -> None:  # writer: aiocontainerd.cri.logger.StreamWriter
+        self.writer = writer
+
+    async def write(self, data: bytes) -> None:
+        self.writer.feed(data)
+
+    def release(self) -> None:
+        self.writer.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _is_cri_logger(uri: str) -> bool:
+    return os.path.basename(urllib.parse.unquote(_parse(uri).path)) == "aiocontainerd-cri-logger"
+
+
+def _cri_log_sinks(pio: ProcessIO, n: int) -> list[_CRILogSink]:
+    """Sinks for stdout (and stderr when ``n == 2``) writing one CRI log file."""
+    from aiocontainerd.cri import logger as crilog  # lazily: only CRI containers need it
+
+    try:
+        path, max_line = crilog.parse_args(logger_argv(pio.stdout_path)[1:])
+        log_file = crilog.LogFile(path)
+    except (ValueError, OSError) as e:
+        raise errors.FailedPrecondition(f"failed to open CRI log: {e}") from e
+    return [_CRILogSink(crilog.StreamWriter(log_file, stream, max_line))
+            for stream in ("stdout", "stderr")[:n]]
+
+
 async def _start_logger(pio: ProcessIO, scheme: str, id: str, namespace: str,
-                        reaper: Reaper, chown: Callable[[int], None]) -> None:
+                        reaper: Reaper, chown: Callable[[int], None], *,
+                        terminal: bool = False) -> int:
+    """Start the logger; with ``terminal`` return the write end of its fd 3 pipe (ours)."""
     if not namespace:
         raise errors.InvalidArgument("binary stdio needs a namespace")
     out_r, out_w = pio._pipe()
     err_r, err_w = pio._pipe()
     wait_r, wait_w = os.pipe2(os.O_CLOEXEC)
-    pio._child[1], pio._child[2] = out_w, err_w
-    pio._child_owned += [out_w, err_w]
-    chown(out_w)
-    chown(err_w)
+    if terminal:
+        _close(err_w)
+    else:
+        pio._child[1], pio._child[2] = out_w, err_w
+        pio._child_owned += [out_w, err_w]
+        chown(out_w)
+        chown(err_w)
     try:
         try:
             pio._logger = await reaper.spawn(
@@ -551,8 +609,13 @@ async def _start_logger(pio: ProcessIO, scheme: str, id: str, namespace: str,
         if scheme == "binary-v2" and not ready:
             raise errors.FailedPrecondition(
                 "logging binary did not call ready (it may have crashed or exited prematurely)")
+    except BaseException:
+        if terminal:
+            _close(out_w)
+        raise
     finally:
         os.close(wait_r)
+    return out_w
 
 
 __all__ = ["COPY_BUFFER", "ProcessIO", "logger_argv", "open_stdio"]
