@@ -19,9 +19,10 @@ import os
 import signal
 import socket
 
-from aiocontainerd import ttrpc
+from aiocontainerd import pbspeed, ttrpc
 
 log = logging.getLogger("aiorunc")
+pbspeed.apply()   # betterproto2's encoder without its per-field warnings guard
 
 
 @dataclasses.dataclass

@@ -7,7 +7,9 @@ Lifecycle of a task (``create`` → ``start`` → ``wait`` → ``delete``):
    options and the OCI spec; the rootfs is the request's mounts or the mounts of
    the container's snapshot. A bundle is written (:mod:`.bundle`), the runtime
    name is resolved to a shim binary (:func:`.binary.resolve`), ``<shim> start``
-   prints the shim's address, we connect over ttrpc and call ``Create``. Any
+   prints the shim's address (for our own shim with its fork server running, the
+   daemon does those steps itself, no process spawned: :mod:`.fastpath`), we
+   connect over ttrpc and call ``Create``. Any
    failure undoes everything: the shim is asked to delete and shut down,
    ``<shim> delete`` cleans up after it, and the bundle is removed.
 2. Process calls go straight to the shim (:class:`Task`).
@@ -66,6 +68,7 @@ from aiocontainerd.errors import (
 from aiocontainerd.plugin import EVENT, METADATA, RUNTIME, InitContext, Registration
 
 from . import binary as binary_
+from . import fastpath
 from .binary import ShimCommand
 from .bundle import Bundle
 from .shim import STATE_TIMEOUT, Shim, ShimLog
@@ -376,8 +379,8 @@ class TaskManager:
         started = True  # from here on a shim may exist: undo runs ``<shim> delete``
         shim_log = ShimLog.open(bundle)
         try:
-            start = await command.start(bytes(options) if options is not None else b"")
-            await asyncio.to_thread(_write_start, bundle, start.address, binary)
+            start = await _start_shim(command, options)
+            _write_start(bundle, start.address, binary)   # two small files: no worker thread
             shim = await Shim.connect(bundle, command, start, log_=shim_log)
             await shim.create(rootfs=mounts, stdin=stdin, stdout=stdout, stderr=stderr,
                               terminal=terminal, options=options, checkpoint=checkpoint)
@@ -694,6 +697,19 @@ def unpack_any(value: pb.Any | None) -> Any:
             except Exception:
                 return None
     return None
+
+
+async def _start_shim(command: ShimCommand, options: pb.Any | None) -> binary_.StartResult:
+    """``<shim> start``: in-process for our own shim when its fork server runs
+    (:mod:`.fastpath`), else the binary as a subprocess."""
+    try:
+        result = await fastpath.start(command)
+    except (OSError, ValueError) as e:
+        log.debug("in-process shim start failed", extra={"fields": {"id": command.id, "error": str(e)}})
+        result = None
+    if result is not None:
+        return result
+    return await command.start(bytes(options) if options is not None else b"")
 
 
 def _write_start(bundle: Bundle, address: str, binary: str) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import builtins
+from . import builtins, pbspeed
 from .config import Config
 from .metrics import Metrics, MetricsServer
 from .plugin import GRPC, TTRPC, PluginSet, Registration
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .ttrpc import Server as TTRPCServer
 
 log = logging.getLogger(__name__)
+pbspeed.apply()   # betterproto2's encoder without its per-field warnings guard (every message we send)
 LOCK_FILE = "aiocontainerd.lock"
 
 

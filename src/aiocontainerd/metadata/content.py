@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from .. import filters, identifiers
@@ -56,6 +57,34 @@ class Info:
 def _record(info: Info) -> dict:
     return {"size": info.size, "labels": info.labels, "created_at": info.created_at,
             "updated_at": info.updated_at}
+
+
+#: blobs up to this size (manifests, indexes, configs) are read on the loop: one open and
+#: one read of a cached page cost less than the two worker-thread hops of LocalStore.read,
+#: which queue behind mounts and removals when many containers start at once
+INLINE_READ_MAX = 64 << 10
+
+
+def _read_small(path, digest: str, offset: int, size: int) -> bytes:
+    """LocalStore.read of a small blob in one piece (same errors, same bytes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"content {digest}: not found") from None
+    try:
+        length = os.fstat(fd).st_size
+        if offset > length:
+            raise InvalidArgument(f"offset {offset} past the end of {digest} ({length} bytes)")
+        remaining = (length - offset) if size == 0 else min(size, length - offset)
+        out = b""
+        while len(out) < remaining:
+            data = os.pread(fd, remaining - len(out), offset + len(out))
+            if not data:
+                break
+            out += data
+        return out
+    finally:
+        os.close(fd)
 
 
 def _info(digest: str, r: dict) -> Info:
@@ -212,7 +241,12 @@ class ContentStore:
     async def read(self, namespace: str, digest: str, offset: int = 0,
                    size: int = 0) -> AsyncIterator[bytes]:
         """Yield the blob's bytes (see LocalStore.read). Raises NotFound in this namespace."""
-        self.info(namespace, digest)
+        info = self.info(namespace, digest)
+        if info.size <= INLINE_READ_MAX and offset >= 0 and size >= 0:
+            data = _read_small(self.local.blob_path(digest), digest, offset, size)
+            if data:
+                yield data
+            return
         async for chunk in self.local.read(digest, offset, size):
             yield chunk
 

@@ -23,6 +23,7 @@ from collections.abc import Collection
 from typing import Any
 
 import grpclib.const
+import grpclib.protocol
 import grpclib.server
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
@@ -32,6 +33,7 @@ from ..metrics import Metrics
 from . import context, h2speed
 
 h2speed.apply()
+_PROTOCOL = h2speed.coalescing(grpclib.protocol.H2Protocol)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,11 @@ class Server(grpclib.server.Server):
         self._mapping = _Mapping(self._mapping)
         self._metrics = metrics
         listen(self, RecvRequest, self._on_request)
+
+    def _protocol_factory(self) -> Any:
+        # the same protocol, writing through a CoalescingTransport (h2speed)
+        proto = super()._protocol_factory()
+        return _PROTOCOL(proto.handler, proto.config, proto.h2_config)
 
     async def _on_request(self, event: RecvRequest) -> None:
         func = event.method_func
