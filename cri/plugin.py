@@ -7,7 +7,10 @@ it is loaded) and its folders — and serving two grpclib services on the daemon
 gRPC socket:
 
 - ``runtime.v1.ImageService`` (:class:`~.images.CRIImageService`), and
-- ``runtime.v1.RuntimeService`` once the runtime part sets :attr:`CRIPlugin.runtime_service`.
+- ``runtime.v1.RuntimeService`` (:class:`~.service.RuntimeService`), set by
+  :func:`~.service.setup` during init (with ``cri_state``, ``cni`` and ``streaming``;
+  closing the plugin stops the streaming server and the task-exit monitor, never a
+  container).
 
 How two services come out of one plugin: the daemon serves every ``GRPC``
 plugin instance that has grpclib's ``__mapping__()`` (method path → handler),
@@ -124,9 +127,17 @@ async def _init(ctx: InitContext) -> CRIPlugin:
     runtime = ctx.get_all(RUNTIME).get("task")
     if runtime is None:
         log.info("CRI loads without a runtime: io.containerd.runtime.v2.task is not loaded")
-    return CRIPlugin(config, metadata=metadata, transfer=transfer, events=ctx.get(EVENT),
-                     runtime=runtime, root=ctx.root, state=ctx.state, daemon_root=ctx.root.parent,
-                     init=ctx)
+    plugin = CRIPlugin(config, metadata=metadata, transfer=transfer, events=ctx.get(EVENT),
+                       runtime=runtime, root=ctx.root, state=ctx.state, daemon_root=ctx.root.parent,
+                       init=ctx)
+    # the runtime side (cri/service.py): state recovered, CNI, streaming server, task-exit monitor
+    from .service import setup
+
+    try:
+        await setup(plugin)
+    except Exception:
+        log.exception("the CRI RuntimeService failed to start; serving ImageService only")
+    return plugin
 
 
 PLUGIN = Registration(GRPC, PLUGIN_ID, _init, requires=(METADATA, TRANSFER, SNAPSHOTTER, EVENT, RUNTIME),

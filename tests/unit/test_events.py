@@ -370,9 +370,10 @@ async def _eventually(predicate: Callable[[], bool], timeout: float = 5) -> None
     raise TimeoutError("condition not met in time")
 
 
-async def _until_subscribed(daemon: Daemon, count: int = 1) -> None:
+async def _until_subscribed(daemon: Daemon, before: int) -> None:
+    """Until the exchange has one subscriber more than ``before`` (plugins subscribe too)."""
     exchange = daemon.plugins.instance(EVENT)
-    await _eventually(lambda: exchange.subscribers >= count)
+    await _eventually(lambda: exchange.subscribers > before)
 
 
 async def _received(queue: asyncio.Queue, n: int) -> list[ctypes.Envelope]:
@@ -382,17 +383,19 @@ async def _received(queue: asyncio.Queue, n: int) -> list[ctypes.Envelope]:
 
 @pytest.fixture
 async def subscribed(daemon: Daemon, client: Client) -> AsyncIterator[asyncio.Queue]:
+    before = daemon.plugins.instance(EVENT).subscribers
     task, queue = await _subscribe(client)
-    await _until_subscribed(daemon)
+    await _until_subscribed(daemon, before)
     yield queue
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_grpc_publish_forward_subscribe(daemon: Daemon, client: Client) -> None:
+    before = daemon.plugins.instance(EVENT).subscribers
     task, queue = await _subscribe(client, 'topic~="^/test/"')
     try:
-        await _until_subscribed(daemon)
+        await _until_subscribed(daemon, before)
         await _stub(client, "ns1").publish(events_api.PublishRequest(
             topic="/test/one", event=pb.Any(type_url="containerd.events.TaskOOM",
                                             value=bytes(ev.TaskOom(container_id="c")))))
@@ -420,7 +423,7 @@ async def test_grpc_publish_forward_subscribe(daemon: Daemon, client: Client) ->
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     # the server saw the client go and dropped the subscription
-    await _eventually(lambda: daemon.plugins.instance(EVENT).subscribers == 0)
+    await _eventually(lambda: daemon.plugins.instance(EVENT).subscribers == before)
 
 
 async def test_grpc_subscribe_with_a_bad_filter_is_invalid_argument(client: Client) -> None:
