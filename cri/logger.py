@@ -20,7 +20,11 @@ as containerd's ``internal/cri/io/logger.go`` (``redirectLogs``) writes it:
 * at end of stream a last line without ``\\n`` is written as ``P`` record(s)
   (containerd: "readLine only returns error when the message doesn't end with
   a newline, in that case it should be treated as a partial line"); nothing is
-  written if nothing is pending.
+  written if nothing is pending;
+* unlike containerd, a partial line that has waited :data:`PARTIAL_FLUSH_DELAY`
+  for the rest of its line is written then, as ``P`` record(s): attach follows
+  this log, and a prompt or ``echo -n`` output must reach it (containerd's attach
+  reads the live output instead); kubelet joins ``P`` records to one line.
 
 The file is opened as containerd's ``openLogFile`` does: parent directories
 created ``0755``, the file ``O_APPEND|O_CREAT`` with mode ``0640``.  Rotation:
@@ -90,6 +94,8 @@ __all__ = [
 
 #: containerd's default ``max_container_log_line_size`` (bytes)
 DEFAULT_MAX_LINE = 16 * 1024
+#: seconds a partial line waits for its newline before it is written as ``P``
+PARTIAL_FLUSH_DELAY = 0.1
 #: the console script implementing the binary logger protocol
 SCRIPT = "aiocontainerd-cri-logger"
 #: mode of a new log file and of new parent directories (containerd's openLogFile)
@@ -293,8 +299,14 @@ class StreamWriter:
         if out:
             self.file.write(b"".join(out))
 
+    @property
+    def pending(self) -> bool:
+        """Whether a partial line (no newline yet) waits in the buffer."""
+        return bool(self._pending)
+
     def flush_partial(self) -> None:
-        """Write what is pending as ``P`` record(s) (end of stream)."""
+        """Write what is pending as ``P`` record(s): at end of stream, and when a partial line
+        has waited :data:`PARTIAL_FLUSH_DELAY` for the rest (see the module doc)."""
         if self._pending:
             out: list[bytes] = []
             self._records(out, format_timestamp(time.time_ns()), bytes(self._pending), b"P")
@@ -420,7 +432,12 @@ def _serve(path: str, max_line: int, fds: Sequence[int], ready_fd: int) -> int:
 
     live = set(writers)
     while live:
-        for key, _ in sel.select():
+        waiting = any(w.pending for w in writers.values())
+        ready = sel.select(PARTIAL_FLUSH_DELAY if waiting else None)
+        if not ready:
+            for w in writers.values():
+                w.flush_partial()
+        for key, _ in ready:
             fd = int(key.fd)
             if fd == wake_r:
                 with contextlib.suppress(OSError):

@@ -547,16 +547,26 @@ class _CRILogSink:
 
     regular = True
 
-    def __init__(self, writer) -> None:  # writer: aiocontainerd.cri.logger.StreamWriter
+    def __init__(self, writer, delay: float) -> None:  # writer: aiocontainerd.cri.logger.StreamWriter
         self.writer = writer
+        self.delay = delay            # PARTIAL_FLUSH_DELAY: a waiting partial line is written then
+        self._timer: asyncio.TimerHandle | None = None
 
     async def write(self, data: bytes) -> None:
         self.writer.feed(data)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.writer.pending:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self.writer.flush_partial)
 
     def release(self) -> None:
-        self.writer.close()
+        self.close()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.writer.close()
 
 
@@ -573,7 +583,7 @@ def _cri_log_sinks(pio: ProcessIO, n: int) -> list[_CRILogSink]:
         log_file = crilog.LogFile(path)
     except (ValueError, OSError) as e:
         raise errors.FailedPrecondition(f"failed to open CRI log: {e}") from e
-    return [_CRILogSink(crilog.StreamWriter(log_file, stream, max_line))
+    return [_CRILogSink(crilog.StreamWriter(log_file, stream, max_line), crilog.PARTIAL_FLUSH_DELAY)
             for stream in ("stdout", "stderr")[:n]]
 
 

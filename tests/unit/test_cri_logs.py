@@ -302,6 +302,31 @@ def test_logger_process(tmp_path: Path) -> None:
     assert records(path) == [("stdout", "F", b"new"), ("stdout", "P", b"last")]
 
 
+def test_logger_writes_a_waiting_partial_line(tmp_path: Path) -> None:
+    # attach follows the log: a prompt or `echo -n` output must appear without its newline
+    path = tmp_path / "c.log"
+    pid, out_w, err_w, ready = spawn_logger(["path", str(path)], {"CONTAINER_ID": "c1"})
+    try:
+        assert wait_ready(ready) == b"\0"
+        os.write(out_w, b"hello")
+        wait_for(lambda: records(path) == [("stdout", "P", b"hello")], timeout=5)
+        os.write(out_w, b" world\n")
+        wait_for(lambda: len(records(path)) == 2, timeout=5)
+        os.close(out_w)
+        os.close(err_w)
+        out_w = err_w = -1
+        assert wait_pid(pid) == 0
+        pid = -1
+    finally:
+        for fd in (out_w, err_w):
+            if fd >= 0:
+                os.close(fd)
+        if pid > 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert records(path) == [("stdout", "P", b"hello"), ("stdout", "F", b" world")]
+
+
 def test_logger_sigterm_drains(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
     pid, out_w, err_w, ready = spawn_logger(["path", str(path)], {})
@@ -374,6 +399,22 @@ async def test_shim_fast_path(reaper: Reaper, tmp_path: Path) -> None:
     assert [r for r in got if r[0] == "stdout"] == [
         ("stdout", "P", b"hello wo"), ("stdout", "F", b"rld"), ("stdout", "P", b"tail")]
     assert [r for r in got if r[0] == "stderr"] == [("stderr", "F", b"err")]
+
+
+async def test_shim_fast_path_writes_a_waiting_partial_line(reaper: Reaper, tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    uri = crilog.log_uri(str(path))
+    pio = await open_stdio(stdin="", stdout=uri, stderr=uri, terminal=False, id="c1",
+                           namespace="k8s.io", reaper=reaper)
+    try:
+        child = asyncio.ensure_future(run(reaper, pio, ["sh", "-c", "printf prompt; sleep 1; echo"]))
+        await asyncio.sleep(0.5)   # 5x the flush delay, half a second before the newline
+        assert records(path) == [("stdout", "P", b"prompt")]
+        assert await child == 0
+        await pio.wait(timeout=5)
+    finally:
+        await pio.close()
+    assert records(path) == [("stdout", "P", b"prompt"), ("stdout", "F", b"")]
 
 
 async def test_shim_fast_path_terminal(reaper: Reaper, tmp_path: Path) -> None:
