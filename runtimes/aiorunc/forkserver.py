@@ -39,6 +39,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 
 #: seconds without a request before the fork server exits
 IDLE_SECONDS = 60.0
@@ -321,7 +322,7 @@ def daemon_alive(req: dict) -> bool:
     return not addresses or any(_accepts(a) for a in addresses)
 
 
-def serve(listener: socket.socket, idle: float, *, alive=lambda: True,
+def serve(listener: socket.socket, idle: float, *, alive: Callable[[], bool] = lambda: True,
           check: float = CHECK_SECONDS) -> str:
     """Answer fork requests until ``idle`` seconds pass without one or ``alive()`` fails.
 

@@ -247,6 +247,15 @@ def _request_forkserver(conn: socket.socket, req: dict, sock: socket.socket,
         reply = conn.recv(4096)
     except (ConnectionResetError, BrokenPipeError) as e:
         raise _Dropped() from e
+    return _forkserver_pid(reply)
+
+
+def _forkserver_pid(reply: bytes) -> int:
+    """The new shim's pid from the fork server's answer to a serve request.
+
+    Raises :class:`_Dropped` for an empty answer (it went away without forking) and
+    OSError carrying its error otherwise.
+    """
     if not reply:
         raise _Dropped()
     answer = json.loads(reply)

@@ -33,7 +33,8 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import betterproto2
 
@@ -46,6 +47,10 @@ from aiocontainerd.api.google import protobuf as pb
 
 from .process import Container, Process, Stdio
 from .publisher import Publisher, pack_any
+
+if TYPE_CHECKING:
+    from .reaper import Reaper
+    from .shim import ShimConfig
 
 log = logging.getLogger("aiorunc.service")
 
@@ -114,7 +119,7 @@ def _read_pid(path: str) -> int:
 class TaskService:
     """The task API of one shim; ``methods()`` is what ``ttrpc.Server.register`` takes."""
 
-    def __init__(self, cfg, reaper, publisher: Publisher) -> None:
+    def __init__(self, cfg: ShimConfig, reaper: Reaper, publisher: Publisher) -> None:
         self.cfg = cfg
         self.namespace = cfg.namespace
         self.reaper = reaper
@@ -153,7 +158,7 @@ class TaskService:
         """Make the shim exit (after in-flight calls)."""
         self.shutdown_requested.set()
 
-    def _bg(self, coro) -> None:
+    def _bg(self, coro: Coroutine[Any, Any, object]) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)

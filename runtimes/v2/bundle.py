@@ -25,10 +25,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiocontainerd import identifiers
 from aiocontainerd.errors import AlreadyExists, InvalidArgument
 from aiocontainerd.mount.mounting import unmount_blocking
+
+if TYPE_CHECKING:
+    from .binary import StartResult
 
 ADDRESS = "address"
 BOOTSTRAP = "bootstrap.json"
@@ -112,7 +116,7 @@ class Bundle:
             return parse_start_response(boot.read_bytes()).address
         return (self.path / ADDRESS).read_text().strip()
 
-    def read_start(self):  # -> binary.StartResult
+    def read_start(self) -> StartResult:
         """The shim's start response as saved in the bundle (``bootstrap.json`` or ``address``)."""
         from .binary import StartResult, parse_start_response
 

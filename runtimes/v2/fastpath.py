@@ -36,34 +36,22 @@ ENV_SWITCH = "AIOCONTAINERD_SHIM_START"
 #: seconds to wait for the fork server's answer (the subprocess ``start`` uses 20)
 DEFAULT_TIMEOUT = 20.0
 
-_ours_cache: dict[str, tuple[int, bool]] = {}
-
-
 def is_our_shim(binary: str) -> bool:
     """Whether ``binary`` is this installation's ``containerd-shim-aiorunc-v2`` script
-    (its shebang names our interpreter and it runs our shim's ``main``)."""
+    (its shebang names our interpreter and it runs our shim's ``main``). One read of the
+    script's first 4 KiB (a small file in the page cache: cheap enough for the loop)."""
     if os.path.basename(binary) != AIORUNC_SHIM:
         return False
     try:
-        st = os.stat(binary)
-    except OSError:
-        return False
-    cached = _ours_cache.get(binary)
-    if cached is not None and cached[0] == st.st_mtime_ns:
-        return cached[1]
-    ours = False
-    try:
         with open(binary, "rb") as f:
             head = f.read(4096)
-        first, _, rest = head.partition(b"\n")
-        interp = first[2:].strip().split(b" ")[0] if first.startswith(b"#!") else b""
-        # the very interpreter path: another venv on the same base Python is another install
-        ours = (bool(interp) and os.path.abspath(os.fsdecode(interp)) == os.path.abspath(sys.executable)
-                and b"aiocontainerd.runtimes.aiorunc.main" in rest)
     except OSError:
-        ours = False
-    _ours_cache[binary] = (st.st_mtime_ns, ours)
-    return ours
+        return False
+    first, _, rest = head.partition(b"\n")
+    interp = first[2:].strip().split(b" ")[0] if first.startswith(b"#!") else b""
+    # the very interpreter path: another venv on the same base Python is another install
+    return (bool(interp) and os.path.abspath(os.fsdecode(interp)) == os.path.abspath(sys.executable)
+            and b"aiocontainerd.runtimes.aiorunc.main" in rest)
 
 
 def enabled(binary: str, env: dict[str, str]) -> bool:
@@ -105,7 +93,7 @@ async def _ask_forkserver(key: str, req: dict, sock: socket.socket, limit: float
     None when no fork server listens (or it went away without forking: it was
     exiting). Raises OSError/ValueError/TimeoutError when it failed.
     """
-    from aiocontainerd.runtimes.aiorunc.main import _Dropped
+    from aiocontainerd.runtimes.aiorunc.main import _Dropped, _forkserver_pid
 
     loop = asyncio.get_running_loop()
     data = json.dumps(req).encode()
@@ -126,12 +114,7 @@ async def _ask_forkserver(key: str, req: dict, sock: socket.socket, limit: float
                     reply = await loop.sock_recv(conn, 4096)
             except (ConnectionResetError, BrokenPipeError):
                 raise _Dropped() from None
-            if not reply:
-                raise _Dropped()
-            answer = json.loads(reply)
-            if "pid" not in answer:
-                raise OSError(f"fork server: {answer.get('error', answer)}")
-            return int(answer["pid"])
+            return _forkserver_pid(reply)
         except _Dropped:
             continue
         finally:

@@ -46,9 +46,9 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiocontainerd import ttrpc
 from aiocontainerd.api.containerd import events as eventsapi
@@ -69,11 +69,12 @@ from aiocontainerd.plugin import EVENT, METADATA, RUNTIME, InitContext, Registra
 
 from . import binary as binary_
 from . import fastpath
-from .binary import ShimCommand
+from .binary import ShimCommand, StartResult
 from .bundle import Bundle
 from .shim import STATE_TIMEOUT, Shim, ShimLog
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PLUGIN_ID = "task"
 #: the exit status of a task whose shim died (containerd's value)
@@ -197,7 +198,8 @@ class Task:
         log.info("shim disconnected", extra={"fields": {"id": self.id, "namespace": self.namespace}})
         await self.manager._cleanup_dead(self)
 
-    async def _call(self, coro_fn, *args, **kwargs):
+    async def _call(self, coro_fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        """``coro_fn(*args, **kwargs)`` on the shim; NotFound once it is gone (see the class doc)."""
         if self.dead.done():
             raise NotFound(f"task {self.id} not found")
         try:
@@ -599,8 +601,9 @@ class TaskManager:
                 await asyncio.to_thread(bundle.delete)
                 self._publish_dead(ns, id_, Exit(DEAD_SHIM_STATUS, time.time_ns()))
                 return False
-            dummy = _DeadShim(bundle, command)
-            task = Task(self, dummy, runtime)  # type: ignore[arg-type]
+            # a shim we could not reach: its task is cleaned up through the shim binary's delete
+            dummy = Shim(bundle, command, StartResult(""), _ClosedClient())  # type: ignore[arg-type]
+            task = Task(self, dummy, runtime)
             self._tasks[(ns, id_)] = task
             await self._cleanup_dead(task)
             return False
@@ -652,31 +655,9 @@ class TaskManager:
         self._tasks.clear()
 
 
-class _DeadShim:
-    """Stands in for a shim we could not reach after a restart (cleanup needs only these)."""
-
-    def __init__(self, bundle: Bundle, command: ShimCommand) -> None:
-        self.bundle = bundle
-        self.command = command
-        self.pid = 0
-        self.client = _ClosedClient()
-
-    @property
-    def id(self) -> str:
-        return self.bundle.id
-
-    @property
-    def namespace(self) -> str:
-        return self.bundle.namespace
-
-    def close_log(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
 class _ClosedClient:
+    """The connection of a shim we could not reach after a restart (cleanup only closes it)."""
+
     async def close(self) -> None:
         pass
 
@@ -717,7 +698,7 @@ def _write_start(bundle: Bundle, address: str, binary: str) -> None:
     bundle.write_shim_binary(binary)
 
 
-async def _shielded(coro) -> None:
+async def _shielded(coro: Awaitable[object]) -> None:
     """Run ``coro`` to completion even if the caller is cancelled."""
     fut = asyncio.ensure_future(coro)
     try:

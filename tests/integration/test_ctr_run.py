@@ -24,13 +24,10 @@ import os
 import re
 import shlex
 import subprocess
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.registry import Registry
 from tests.support.runtime import (
     CGROUP_ROOT,
     CONTAINERD,
@@ -41,11 +38,10 @@ from tests.support.runtime import (
     OURS_GO_SHIM,
     Event,
     Rig,
-    Setup,
     fifos_under,
     mounts_under,
-    open_rig,
-    setup_unusable,
+    rig_fixture,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,23 +49,7 @@ pytestmark = pytest.mark.integration
 SETUPS = [OURS, OURS_GO_SHIM, OURS_CRUN, CONTAINERD, CONTAINERD_OUR_SHIM, CONTAINERD_CRUN]
 
 
-@pytest.fixture(params=SETUPS, ids=[s.name for s in SETUPS])
-async def rig(request: pytest.FixtureRequest, registry: Registry) -> AsyncIterator[Rig]:
-    setup: Setup = request.param
-    why = setup_unusable(setup)
-    if why:
-        pytest.skip(why)
-    async with open_rig(setup, registry.host) as r:
-        yield r
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+rig = rig_fixture(SETUPS)
 
 
 def assert_gone(rig: Rig, id: str) -> None:

@@ -16,24 +16,21 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support.registry import Registry
 from tests.support.runtime import (
     CONTAINERD,
     OURS,
     OURS_GO_SHIM,
     Event,
     Rig,
-    Setup,
     fifos_under,
     mounts_under,
-    open_rig,
     processes,
-    setup_unusable,
+    rig_fixture,
     wait_no_zombies,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,28 +39,12 @@ SETUPS = [OURS, OURS_GO_SHIM, CONTAINERD]
 DEAD_SHIM_STATUSES = (137, 255)   # containerd: the shim's `delete` killed the container (137), else 255
 
 
-@pytest.fixture(params=SETUPS, ids=[s.name for s in SETUPS])
-async def rig(request: pytest.FixtureRequest, registry: Registry) -> AsyncIterator[Rig]:
-    setup: Setup = request.param
-    why = setup_unusable(setup)
-    if why:
-        pytest.skip(why)
-    async with open_rig(setup, registry.host) as r:
-        yield r
+rig = rig_fixture(SETUPS)
 
 
 def alive(pid: int) -> bool:
     p = processes().get(pid)
     return p is not None and p.state != "Z"
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def start_c3(rig: Rig) -> int:

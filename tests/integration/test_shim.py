@@ -32,6 +32,7 @@ from aiocontainerd.api.containerd.types import Mount
 from aiocontainerd.api.containerd.v1.types import Status
 from aiocontainerd.api.google import protobuf as pb
 from aiocontainerd.mount.mounting import is_mountpoint
+from tests.support.runtime import busybox_rootfs
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BUSYBOX = "/bin/busybox"
@@ -44,18 +45,6 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(RUNC), reason="runc not installed"),
     pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="busybox-static not installed"),
 ]
-
-APPLETS = ("sh", "echo", "sleep", "cat", "ps", "true", "ls", "id")
-
-
-def make_rootfs(path: Path) -> None:
-    """A minimal busybox-static root filesystem."""
-    (path / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, path / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", path / "bin" / a)
-    for d in ("proc", "sys", "dev", "tmp", "etc"):
-        (path / d).mkdir()
 
 
 def make_bundle(bundle: Path, args: list[str], *, annotations: dict | None = None) -> None:
@@ -111,7 +100,7 @@ class Harness:
         self.ns = "t-" + secrets.token_hex(4)
         self.address = str(base / "grpc.sock")     # only hashed into the socket name
         self.rootfs_src = base / "rootfs-src"
-        make_rootfs(self.rootfs_src)
+        busybox_rootfs(self.rootfs_src)
         self.sink = EventSink(str(base / "ttrpc.sock"))
         self.bundles: list[tuple[str, Path]] = []
         self.shim_pids: set[int] = set()

@@ -32,12 +32,12 @@ from aiocontainerd.runtimes.aiorunc.runc import (
     read_pid_file,
 )
 from aiocontainerd.runtimes.aiorunc.stdio import ProcessIO, open_stdio
+from tests.support.runtime import busybox_rootfs
 
 pytestmark = pytest.mark.integration
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "sleep", "ps", "cat", "true", "ls")
 
 if os.geteuid() != 0 or not os.path.exists(RUNC) or not os.path.exists(BUSYBOX):
     pytest.skip("needs root, runc and busybox-static", allow_module_level=True)
@@ -45,12 +45,7 @@ if os.geteuid() != 0 or not os.path.exists(RUNC) or not os.path.exists(BUSYBOX):
 
 def make_bundle(path: Path, args: list[str], *, terminal: bool = False) -> Path:
     """An OCI bundle: rootfs with busybox and its applets, config.json from ``runc spec``."""
-    (path / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, path / "rootfs" / "bin" / "busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", path / "rootfs" / "bin" / applet)
-    for d in ("proc", "dev", "sys", "tmp"):
-        (path / "rootfs" / d).mkdir(exist_ok=True)
+    busybox_rootfs(path / "rootfs")
     subprocess.run([RUNC, "spec", "--bundle", str(path)], check=True)
     config = json.loads((path / "config.json").read_text())
     config["process"]["args"] = args

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,10 +35,10 @@ from aiocontainerd.mount.mounting import mount_points
 from aiocontainerd.runtimes.v2 import binary as shim_binary
 from aiocontainerd.runtimes.v2.manager import RuntimeConfig, TaskConfig
 from tests.conftest import DaemonProcess, make_config, short_tmp, wait_serving
+from tests.support.runtime import busybox_rootfs, wait_until
 
 GO_SHIM = "/usr/bin/containerd-shim-runc-v2"
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "sleep", "true", "cat", "ps", "ls", "id", "env")
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PLUGIN = "io.containerd.runtime.v2.task"
 NS = f"tasks{os.getpid()}"  # unique: runc state (/run/containerd/runc/<ns>/<id>) is host-wide
@@ -70,18 +69,6 @@ def task_config(shim: str) -> TaskConfig:
             pytest.skip(f"{GO_SHIM} is missing (apt-get install containerd)")
         return TaskConfig(runtimes={"io.containerd.runc.v2": RuntimeConfig(path=GO_SHIM)})
     return TaskConfig()
-
-
-def make_rootfs(path: Path) -> Path:
-    """A busybox root file system in ``path``."""
-    (path / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, path / "bin" / "busybox")
-    for a in APPLETS:
-        os.symlink("busybox", path / "bin" / a)
-    for d in ("proc", "dev", "sys", "tmp", "etc"):
-        (path / d).mkdir()
-    (path / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
-    return path
 
 
 def spec(args: list[str], *, terminal: bool = False, cid: str = "c") -> bytes:
@@ -133,7 +120,7 @@ class Env:
         md = {"containerd-namespace": NS}
         self.containers = capi.ContainersStub(channel, metadata=md)
         self.tasks = tapi.TasksStub(channel, metadata=md)
-        self.rootfs = make_rootfs(base / "rootfs")
+        self.rootfs = busybox_rootfs(base / "rootfs")
         self.fifos = base / "fifos"
         self.fifos.mkdir()
 
@@ -417,10 +404,7 @@ def test_real_ctr_run(shim: str) -> None:
         _ctr(d, "task", "resume", "k3")
         assert "k3" in _ctr(d, "task", "metrics", "k3").stdout
         _ctr(d, "task", "kill", "-s", "SIGKILL", "k3")
-        deadline = time.monotonic() + 20
-        while "STOPPED" not in _ctr(d, "task", "ls").stdout:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert wait_until(lambda: "STOPPED" in _ctr(d, "task", "ls").stdout, 20)
         _ctr(d, "task", "delete", "k3")
         _ctr(d, "containers", "rm", "k3")
         assert not list((d.state / PLUGIN / NS).iterdir())
@@ -436,26 +420,20 @@ def test_restart_readopts_running_task(shim: str) -> None:
     base = d.base
     try:
         d.start()
-        rootfs = make_rootfs(base / "rootfs")
+        rootfs = busybox_rootfs(base / "rootfs")
         asyncio.run(_create_running(d.address, rootfs, "r1"))
         d.stop(signal.SIGKILL)
         d.start()
         ls = _ctr(d, "task", "ls").stdout
         assert "r1" in ls and "RUNNING" in ls, ls
         _ctr(d, "task", "kill", "-s", "SIGKILL", "r1")
-        deadline = time.monotonic() + 20
-        while "STOPPED" not in _ctr(d, "task", "ls").stdout:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert wait_until(lambda: "STOPPED" in _ctr(d, "task", "ls").stdout, 20)
         _ctr(d, "task", "delete", "r1")
         assert not (d.state / PLUGIN / NS / "r1").exists()
     finally:
         if d.proc is not None:
             d.stop()
-        if os.environ.get("KEEP_TMP"):
-            print("kept", base)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _create_running(address: str, rootfs: Path, cid: str) -> None:

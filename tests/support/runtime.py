@@ -32,6 +32,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import DaemonProcess, wait_serving
 
@@ -202,6 +205,26 @@ def wait_no_zombies(parents_of: Iterable[int] | None = None, *, base: Path | str
 
 
 # -- bundles, mounts, sockets, cgroups --------------------------------------------------------------
+ROOTFS_APPLETS = ("sh", "echo", "sleep", "cat", "ps", "true", "ls", "id", "env")
+
+
+def busybox_rootfs(path: Path | str) -> Path:
+    """A minimal root file system in ``path`` (created): busybox-static (``/bin/busybox`` of the
+    host) with ``ROOTFS_APPLETS`` in ``/bin``, empty ``/proc /dev /sys /tmp`` and an
+    ``/etc/passwd`` with root; returns ``path``."""
+    from tests.support.images import BUSYBOX
+
+    path = Path(path)
+    (path / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, path / "bin" / "busybox")
+    for applet in ROOTFS_APPLETS:
+        os.symlink("busybox", path / "bin" / applet)
+    for d in ("proc", "dev", "sys", "tmp", "etc"):
+        (path / d).mkdir(exist_ok=True)
+    (path / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+    return path
+
+
 def bundle(state: Path, namespace: str, id: str) -> Path:
     return state / TASK_STATE / namespace / id
 
@@ -620,3 +643,30 @@ async def open_rig(setup: Setup, registry_host: str) -> AsyncIterator[Rig]:
         await asyncio.to_thread(rig.close)
         if not mounts_under(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+def rig_fixture(setups: Sequence[Setup]) -> Any:
+    """A pytest fixture ``rig`` parametrised over ``setups`` (ids: their names): the ``Rig`` of
+    ``open_rig`` on the session's ``registry``; skipped where ``setup_unusable`` says why.
+    Use as ``rig = rig_fixture(SETUPS)`` at a test module's top level."""
+
+    @pytest.fixture(params=list(setups), ids=[s.name for s in setups])
+    async def rig(request: pytest.FixtureRequest, registry: Any) -> AsyncIterator[Rig]:
+        setup: Setup = request.param
+        why = setup_unusable(setup)
+        if why:
+            pytest.skip(why)
+        async with open_rig(setup, registry.host) as r:
+            yield r
+
+    return rig
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` every 50 ms (blocking) until it is true: True, or False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -9,22 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 
 import pytest
 
 from aiocontainerd.runtimes.aiorunc.reaper import PIPE, STDOUT, Reaper, exit_status, is_subreaper
+from tests.support import shim
 
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper()
-    # no subreaper flag for the pytest process itself
-    r.install(asyncio.get_running_loop(), subreaper=False)
-    try:
-        yield r
-    finally:
-        r.uninstall()
+reaper = shim.reaper   # the fixture
 
 
 def test_exit_status() -> None:

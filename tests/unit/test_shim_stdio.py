@@ -10,7 +10,6 @@ import socket
 import stat
 import struct
 import termios
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,9 @@ from aiocontainerd import errors
 from aiocontainerd.runtimes.aiorunc.console import ConsoleSocket
 from aiocontainerd.runtimes.aiorunc.reaper import Reaper
 from aiocontainerd.runtimes.aiorunc.stdio import ProcessIO, logger_argv, open_stdio
+from tests.support import shim
 
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper()
-    r.install(asyncio.get_running_loop(), subreaper=False)
-    try:
-        yield r
-    finally:
-        r.uninstall()
+reaper = shim.reaper   # the fixture
 
 
 class Reader:

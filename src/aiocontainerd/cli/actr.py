@@ -575,6 +575,27 @@ async def _attach_and_wait(process: Any, tty: bool, console: _Console | None) ->
     return status.code
 
 
+async def _run_process(create: Callable[[], Awaitable[Any]], tty: bool, detach: bool) -> int:
+    """Create a task or exec'd process with ``create`` and run it as ``ctr`` does.
+
+    Detached: start it and return 0. Attached: the local terminal (TTY processes) is raw
+    while it runs; start, wait, delete it and return its exit code.
+    """
+    console = _Console() if tty and not detach and sys.stdin.isatty() else None
+    try:
+        process = await create()
+        if detach:
+            await process.start()
+            return 0
+        try:
+            return await _attach_and_wait(process, tty, console)
+        finally:
+            await process.delete(force=True)
+    finally:
+        if console is not None:
+            console.reset()
+
+
 @main.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--rm", is_flag=True, help="Remove the container when the task exits.")
 @click.option("--tty", "-t", is_flag=True, help="Allocate a TTY for the container.")
@@ -605,21 +626,9 @@ async def run(client: Client, rm: bool, tty: bool, detach: bool, runtime: str, s
     container = await client.containers.new_container(
         id, image, snapshotter=snapshotter, runtime=runtime, args=list(args) or None, env=env,
         mounts=mounts, tty=tty, labels=_labels(labels), cwd=cwd, net_host=net_host, privileged=privileged)
-    code = 0
     try:
-        console = _Console() if tty and not detach and sys.stdin.isatty() else None
-        try:
-            task = await container.new_task(_io_for(tty, null_io, log_uri, fifo_dir, detach))
-            if detach:
-                await task.start()
-                return
-            try:
-                code = await _attach_and_wait(task, tty, console)
-            finally:
-                await task.delete(force=True)
-        finally:
-            if console is not None:
-                console.reset()
+        code = await _run_process(
+            lambda: container.new_task(_io_for(tty, null_io, log_uri, fifo_dir, detach)), tty, detach)
     finally:
         if rm:
             await container.delete()
@@ -696,20 +705,8 @@ async def tasks_exec(client: Client, exec_id: str, tty: bool, detach: bool, cwd:
         uid, _, gid = user.partition(":")
         process["user"] = {**process.get("user", {}), "uid": int(uid), "gid": int(gid or 0)}
     task = await client.tasks.load(id)
-    console = _Console() if tty and not detach and sys.stdin.isatty() else None
-    code = 0
-    try:
-        proc = await task.exec(exec_id, process, _io_for(tty, False, "", fifo_dir, detach))
-        if detach:
-            await proc.start()
-            return
-        try:
-            code = await _attach_and_wait(proc, tty, console)
-        finally:
-            await proc.delete(force=True)
-    finally:
-        if console is not None:
-            console.reset()
+    code = await _run_process(
+        lambda: task.exec(exec_id, process, _io_for(tty, False, "", fifo_dir, detach)), tty, detach)
     if code:
         raise SystemExit(code)
 
@@ -724,20 +721,8 @@ async def tasks_start(client: Client, null_io: bool, detach: bool, id: str) -> N
     container = await client.containers.get(id)
     spec = await container.spec()
     tty = bool((spec.get("process") or {}).get("terminal"))
-    console = _Console() if tty and not detach and sys.stdin.isatty() else None
-    code = 0
-    try:
-        task = await container.new_task(_io_for(tty, null_io, "", None, detach))
-        if detach:
-            await task.start()
-            return
-        try:
-            code = await _attach_and_wait(task, tty, console)
-        finally:
-            await task.delete(force=True)
-    finally:
-        if console is not None:
-            console.reset()
+    code = await _run_process(
+        lambda: container.new_task(_io_for(tty, null_io, "", None, detach)), tty, detach)
     if code:
         raise SystemExit(code)
 

@@ -403,6 +403,7 @@ def with_stdio(*, terminal: bool = False, stdin: bool = True, fifo_dir: str | No
 
 
 def is_fifo(path: str) -> bool:
+    """Whether ``path`` is a FIFO (False when it cannot be stat'ed)."""
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..mount import Mount
 from ..services.context import LEASE_HEADER
 from . import cio
-from .images import Images, _call, _read_blob
+from .images import Images, _call, image_config
 
 if TYPE_CHECKING:
     from .tasks import Task, Tasks
@@ -270,29 +269,7 @@ class Containers:
     # -- from an image ------------------------------------------------------------------------
 
     async def _image(self, name: str, platform: str) -> _ImageFacts:
-        from ..images.unpack import chain_ids
-        from ..remotes import limits, platforms
-        from ..remotes import mediatypes as mt
-        from ..remotes.descriptor import Descriptor
-
-        image = await self._images.get(name)
-        t = image.target
-        desc = Descriptor(t.media_type, t.digest, t.size)
-        matcher = platforms.matcher_for([platform] if platform else [])
-        while mt.is_index(desc.media_type):
-            kids = limits.children(desc, await _call(_read_blob(self._images, desc.digest)))
-            best = matcher.select(kids, limit=1)
-            if not best:
-                raise NotFound(f"image {name} has no manifest for {platform or platforms.default_string()}")
-            desc = best[0]
-        if not mt.is_manifest(desc.media_type):
-            raise InvalidArgument(f"{name}: {desc.media_type} is not an image manifest")
-        config_desc = limits.children(desc, await _call(_read_blob(self._images, desc.digest)))[0]
-        config = json.loads(await _call(_read_blob(self._images, config_desc.digest)))
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        if not diff_ids:
-            raise InvalidArgument(f"{name}: the image has no layers")
-        return _ImageFacts(image.name, config, chain_ids(diff_ids)[-1])
+        return _ImageFacts(*await image_config(self._images, name, platform))
 
     @contextlib.asynccontextmanager
     async def _lease(self) -> Any:
@@ -380,5 +357,6 @@ class Containers:
 
 
 def wire_mounts(mounts: Iterable[Mount]) -> list[ctypes.Mount]:
+    """``mounts`` as ``containerd.types.Mount`` messages."""
     return [ctypes.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
             for m in mounts]

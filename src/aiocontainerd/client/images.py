@@ -626,6 +626,17 @@ async def image_chain_id(images: Images, name: str, platform: str = "") -> str:
 
     Raises NotFound (image or content), InvalidArgument (not an image).
     """
+    return (await image_config(images, name, platform))[2]
+
+
+async def image_config(images: Images, name: str, platform: str = "") -> tuple[str, dict[str, Any], str]:
+    """Image ``name`` for ``platform`` (default: this host's), as containerd's client reads it
+    (``image.Config``, ``image.RootFS``): its stored name, its OCI image config (parsed JSON)
+    and the chain ID of its top layer.
+
+    Raises NotFound (image, content, or no manifest for the platform), InvalidArgument (not an
+    image, or no layers).
+    """
     import json
 
     from ..images.unpack import chain_ids
@@ -650,4 +661,4 @@ async def image_chain_id(images: Images, name: str, platform: str = "") -> str:
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if not diff_ids:
         raise InvalidArgument(f"{name}: the image has no layers")
-    return chain_ids(diff_ids)[-1]
+    return image.name, config, chain_ids(diff_ids)[-1]

@@ -279,6 +279,7 @@ def with_process_args(*args: str) -> SpecOpt:
 
 
 def with_process_cwd(cwd: str) -> SpecOpt:
+    """The process's working directory (containerd ``WithProcessCwd``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         _process(spec)["cwd"] = cwd
     return opt
@@ -293,12 +294,14 @@ def with_tty(ctx: SpecContext, spec: Spec) -> None:
 
 
 def with_tty_size(width: int, height: int) -> SpecOpt:
+    """The process's console size in columns and rows (containerd ``WithTTYSize``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         _process(spec)["consoleSize"] = {"height": height, "width": width}
     return opt
 
 
 def with_hostname(name: str) -> SpecOpt:
+    """The container's hostname (containerd ``WithHostname``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         spec["hostname"] = name
     return opt
@@ -323,6 +326,7 @@ def with_rlimit(type_: str, hard: int, soft: int) -> SpecOpt:
 
 
 def with_annotations(annotations: Mapping[str, str]) -> SpecOpt:
+    """Add or replace spec annotations (containerd ``WithAnnotations``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         spec.setdefault("annotations", {}).update(annotations)
     return opt
@@ -589,12 +593,14 @@ def without_mounts(*destinations: str) -> SpecOpt:
 
 
 def with_rootfs_path(path: str) -> SpecOpt:
+    """The root file system's path, relative to the bundle (containerd ``WithRootFSPath``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         spec.setdefault("root", {})["path"] = path
     return opt
 
 
 def with_rootfs_readonly(ctx: SpecContext, spec: Spec) -> None:
+    """Mount the root file system read-only (containerd ``WithRootFSReadonly``)."""
     spec.setdefault("root", {"path": DEFAULT_ROOTFS_PATH})["readonly"] = True
 
 
@@ -622,12 +628,14 @@ def with_linux_namespace(ns: str, path: str = "") -> SpecOpt:
 
 
 def with_cgroup(path: str) -> SpecOpt:
+    """``linux.cgroupsPath`` (containerd ``WithCgroup``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         _linux(spec)["cgroupsPath"] = path
     return opt
 
 
 def with_masked_paths(paths: Iterable[str] | None) -> SpecOpt:
+    """Replace ``linux.maskedPaths`` (containerd ``WithMaskedPaths``)."""
     values = list(paths or [])
 
     def opt(ctx: SpecContext, spec: Spec) -> None:
@@ -636,6 +644,7 @@ def with_masked_paths(paths: Iterable[str] | None) -> SpecOpt:
 
 
 def with_readonly_paths(paths: Iterable[str] | None) -> SpecOpt:
+    """Replace ``linux.readonlyPaths`` (containerd ``WithReadonlyPaths``)."""
     values = list(paths or [])
 
     def opt(ctx: SpecContext, spec: Spec) -> None:
@@ -644,6 +653,7 @@ def with_readonly_paths(paths: Iterable[str] | None) -> SpecOpt:
 
 
 def with_memory_limit(limit: int) -> SpecOpt:
+    """Memory limit in bytes (containerd ``WithMemoryLimit``)."""
     def opt(ctx: SpecContext, spec: Spec) -> None:
         _resources(spec).setdefault("memory", {})["limit"] = limit
     return opt
@@ -664,6 +674,7 @@ def with_default_unix_devices(ctx: SpecContext, spec: Spec) -> None:
 
 
 def with_all_devices_allowed(ctx: SpecContext, spec: Spec) -> None:
+    """Allow every device in the device cgroup (containerd ``WithAllDevicesAllowed``)."""
     _resources(spec)["devices"] = [{"allow": True, "access": RWM}]
 
 
@@ -679,6 +690,7 @@ def with_capabilities(caps: Iterable[str]) -> SpecOpt:
 
 
 def with_added_capabilities(caps: Iterable[str]) -> SpecOpt:
+    """Add ``caps`` to the bounding, effective and permitted sets (containerd ``WithAddedCapabilities``)."""
     values = list(caps)
 
     def opt(ctx: SpecContext, spec: Spec) -> None:
@@ -690,6 +702,8 @@ def with_added_capabilities(caps: Iterable[str]) -> SpecOpt:
 
 
 def with_dropped_capabilities(caps: Iterable[str]) -> SpecOpt:
+    """Remove ``caps`` from the bounding, effective and permitted sets
+    (containerd ``WithDroppedCapabilities``)."""
     values = set(caps)
 
     def opt(ctx: SpecContext, spec: Spec) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from .. import filters
 from ..api.containerd.runc import v1 as runcopts
@@ -37,11 +38,17 @@ from ..plugin import GRPC, METADATA, RUNTIME, InitContext, Registration
 from . import context
 from .convert import timestamp
 
+if TYPE_CHECKING:
+    from ..api.containerd import types as ctypes
+    from ..api.containerd.task import v2 as taskapi
+    from ..metadata.plugin import Metadata
+    from ..runtimes.v2.manager import Task, TaskManager
+
 log = logging.getLogger(__name__)
 STATE_TIMEOUT = 2.0   # seconds per task State when listing (containerd's stateTimeout)
 
 
-def _process(state, id_: str, container_id: str) -> ptypes.Process:
+def _process(state: taskapi.StateResponse, id_: str, container_id: str) -> ptypes.Process:
     """A shim StateResponse as the wire Process of ``id_`` (the container ID or exec ID)."""
     return ptypes.Process(
         container_id=container_id, id=id_, pid=state.pid, status=ptypes.Status(int(state.status)),
@@ -50,11 +57,11 @@ def _process(state, id_: str, container_id: str) -> ptypes.Process:
 
 
 class TasksService(api.TasksBase):
-    def __init__(self, runtime, metadata) -> None:
+    def __init__(self, runtime: TaskManager, metadata: Metadata) -> None:
         self._runtime = runtime
         self._metadata = metadata
 
-    def _task(self, container_id: str):
+    def _task(self, container_id: str) -> Task:
         """The task of container ``container_id`` in the request's namespace (NotFound)."""
         ns = context.namespace()
         self._metadata.containers.get(ns, container_id)
@@ -102,7 +109,7 @@ class TasksService(api.TasksBase):
         flt = filters.parse([message.filter] if message.filter else [])
         tasks = self._runtime.list(ns)
 
-        async def one(t) -> ptypes.Process | None:
+        async def one(t: Task) -> ptypes.Process | None:
             try:
                 state = await asyncio.wait_for(t.state(), STATE_TIMEOUT)
             except (NotFound, Unavailable, DeadlineExceeded, TimeoutError):
@@ -181,7 +188,7 @@ class TasksService(api.TasksBase):
                  if flt.match(lambda path, t=t: {"id": t.id, "namespace": t.namespace,
                                                  "runtime": t.runtime}.get(path[0]))]
 
-        async def one(t) -> tuple[int, pb.Any | None]:
+        async def one(t: Task) -> tuple[int, pb.Any | None]:
             collected = time.time_ns()
             try:
                 return collected, await t.stats()
@@ -203,7 +210,7 @@ class TasksService(api.TasksBase):
         return api.WaitResponse(exit_status=exit_.status, exited_at=timestamp(exit_.exited_at))
 
 
-def ptypes_metric(id_: str, at: int, data: pb.Any):
+def ptypes_metric(id_: str, at: int, data: pb.Any) -> ctypes.Metric:
     """A ``containerd.types.Metric`` of task ``id_`` collected at ``at`` (ns)."""
     from ..api.containerd import types as ctypes
 
