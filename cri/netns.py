@@ -9,7 +9,7 @@ cleans it up after).
 
 How: a dedicated, short-lived OS thread calls ``unshare(CLONE_NEWNET)`` — only
 that thread moves — bind-mounts ``/proc/self/task/<tid>/ns/net`` onto the pin
-file, brings ``lo`` up with pyroute2 (a netlink socket opened in that thread
+file, brings ``lo`` up (SIOCSIFFLAGS on a socket opened in that thread, which
 talks to the new namespace), and exits; it never runs anything else, so no
 other code can find itself in the wrong namespace. Nothing here blocks the
 event loop: the async functions hand the work to threads.
@@ -25,7 +25,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -36,6 +39,9 @@ DEFAULT_NETNS_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 T = TypeVar("T")
 
@@ -86,13 +92,18 @@ def _in_dedicated_thread(fn: Callable[[], T]) -> T:
 
 
 def _bring_up_lo() -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname="lo")
-        if not index:
-            raise OSError(errno.ENODEV, "no loopback interface in the new netns")
-        ipr.link("set", index=index[0], state="up")
+    # SIOCGIFFLAGS/SIOCSIFFLAGS on a socket opened in this thread (so in the new netns):
+    # two ioctls instead of a netlink session (and no pyroute2 import on the first pod)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sh", b"lo", 0))
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise OSError(errno.ENODEV, "no loopback interface in the new netns") from None
+            raise
+        flags = struct.unpack("16sh", req[:18])[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
 
 
 def create_sync(base_dir: str = DEFAULT_NETNS_DIR, *, loopback_up: bool = True) -> str:

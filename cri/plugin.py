@@ -82,6 +82,8 @@ class CRIPlugin:
         self.root = root
         self.state = state
         self.daemon_root = daemon_root
+        #: the daemon's gRPC socket (containerd's ``containerdEndpoint``)
+        self.grpc_address = init.properties.get("grpc.address", "") if init is not None else ""
         self.namespace = NAMESPACE
         self.image_service = CRIImageService(
             config, metadata=metadata, transfer=transfer, events=events, root=daemon_root,

@@ -121,6 +121,46 @@ def render_cni_template(template: str, pod_cidrs: list[str]) -> str:
             .replace("{{.PodCIDRRanges}}", ranges).replace("{{.Routes}}", routes))
 
 
+#: containerd's JSON names that are not the plain camelCase of the TOML key
+_JSON_NAMES = {"restrict_oom_score_adj": "restrictOOMScoreAdj",
+               "enable_unprivileged_icmp": "enableUnprivilegedICMP",
+               "enable_cdi": "enableCDI", "enable_criu": "enableCRIU",
+               "enable_tls_streaming": "enableTLSStreaming",
+               "ignore_blockio_not_enabled_errors": "ignoreBlockIONotEnabledErrors",
+               "max_container_log_line_size": "maxContainerLogSize", "drain_exec_sync_io_timeout":
+               "drainExecSyncIOTimeout", "pod_annotations": "PodAnnotations",
+               "container_annotations": "ContainerAnnotations"}
+#: keys containerd keeps in snake_case (or values that are free-form maps)
+_KEEP = {"device_ownership_from_security_context", "privileged_without_host_devices", "options", "io_type",
+         "pinned_images", "headers", "configs"}
+
+
+def _camel_keys(value: Any) -> Any:
+    """``value`` with its dict keys renamed from TOML snake_case to containerd's JSON names."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or "_" not in k:
+                name = k
+            elif k in _JSON_NAMES:
+                name = _JSON_NAMES[k]
+            elif k in _KEEP:
+                name = k
+            else:
+                head, *rest = k.split("_")
+                name = head + "".join(p[:1].upper() + p[1:] for p in rest)
+            if k in ("options", "configs", "headers"):
+                out[name] = v
+            elif k == "runtimes" and isinstance(v, dict):   # handler names stay as they are
+                out[name] = {h: _camel_keys(r) for h, r in v.items()}
+            else:
+                out[name] = _camel_keys(v)
+        return out
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    return value
+
+
 class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
     """``runtime.v1.RuntimeService`` (see the module doc).
 
@@ -189,7 +229,7 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
                                   runtime_handlers=self.runtime_handlers(),
                                   features=api.RuntimeFeatures())
         if message.verbose:
-            info = {"config": json.dumps(dataclasses.asdict(self.plugin.config)),
+            info = {"config": json.dumps(self._config_info()),
                     "python": json.dumps(platform.python_version())}
             if cni is not None:
                 info["cniconfig"] = json.dumps(await asyncio.to_thread(cni.config_info))
@@ -201,6 +241,16 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
                 info["streamServerURL"] = json.dumps(streaming.url)
             resp.info = info
         return resp
+
+    def _config_info(self) -> dict[str, Any]:
+        """The plugin config as containerd's ``Status`` verbose ``config`` shows it: its JSON
+        (camelCase) keys plus the folders (``stateDir`` is what critest reads) and endpoint."""
+        out = _camel_keys(dataclasses.asdict(self.plugin.config))
+        plugin = self.plugin
+        out.update({"rootDir": str(plugin.root), "stateDir": str(plugin.state),
+                    "containerdRootDir": str(getattr(plugin, "daemon_root", "")),
+                    "containerdEndpoint": getattr(plugin, "grpc_address", "")})
+        return out
 
     async def runtime_config(self, message: api.RuntimeConfigRequest) -> api.RuntimeConfigResponse:
         cfg = self.plugin.config
@@ -309,18 +359,20 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
             elif record.pid:
                 metrics = await stats.read_metrics(pid=record.pid)
         containers = []
+        pids: list[int] = []
         builder = getattr(self, "cri_container_stats", None)
         if builder is not None:
             for c in self.state.sandbox_containers(record.id):
                 if c.state == "CONTAINER_RUNNING":
                     with contextlib.suppress(ContainerdError, OSError):
-                        containers.append(await builder(c))
+                        containers.append(await builder(c, pids))
         interfaces = None
         if not record.host_network and record.netns_path:
             with contextlib.suppress(OSError):
                 interfaces = await stats.netns_interfaces(record.netns_path)
         return stats.pod_stats(id=record.id, config=record.config, metrics=metrics,
-                               containers=containers, interfaces=interfaces, tracker=tracker)
+                               containers=containers, interfaces=interfaces, tracker=tracker,
+                               process_count=sum(pids))
 
     async def pod_sandbox_stats(self, message: api.PodSandboxStatsRequest) -> api.PodSandboxStatsResponse:
         record = self.state.get_sandbox(message.pod_sandbox_id)

@@ -142,6 +142,14 @@ def build_labels(config_labels: dict[str, str], image_labels: dict[str, str] | N
     return labels
 
 
+def go_json(message: Any) -> dict[str, Any]:
+    """A CRI message as containerd's verbose ``info`` shows it (Go ``encoding/json`` of the
+    gogo struct): snake_case keys, defaults left out, enums and 64-bit integers as numbers."""
+    import betterproto2
+
+    return message.to_dict(output_format=betterproto2.OutputFormat.PYTHON, casing=betterproto2.Casing.SNAKE)
+
+
 def _encode(type_url: str, fields: dict[str, Any]) -> TypedValue:
     return TypedValue(type_url, json.dumps({"Version": METADATA_VERSION, "Metadata": fields},
                                            separators=(",", ":")).encode())
