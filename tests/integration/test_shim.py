@@ -203,7 +203,7 @@ def gone(pid: int, timeout: float = 10) -> bool:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):   # gone between open and read: ESRCH
             return True
         time.sleep(0.05)
     return False
