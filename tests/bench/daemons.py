@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiocontainerd import Client
+from tests.support.runtime import mounts_under, processes
 
 if TYPE_CHECKING:
     from .fixtures import Fixtures
@@ -64,6 +65,20 @@ class Kind:
     skipped: str | None = None
 
 
+#: CRI plugin sections for the runs of CRI groups: {kind name: section(run folder) -> TOML},
+#: set by tests.bench.cri while its fixture is up; used for the run folders of groups whose
+#: name starts with CRI_GROUP_PREFIX (folder "<group>-<run>-<kind>"), never for the others
+CRI_SECTIONS: dict[str, Callable[[Path], str]] = {}
+CRI_GROUP_PREFIX = "cri"
+
+
+def _cri_section(kind: str, d: Path) -> str | None:
+    section = CRI_SECTIONS.get(kind)
+    if section is None or not d.name.startswith(CRI_GROUP_PREFIX):
+        return None
+    return "\n" + section(d)
+
+
 def _prepare_aiocontainerd(d: Path) -> tuple[list[str], str]:
     address = str(d / "state" / "aiocontainerd.sock")
     cfg = d / "config.toml"
@@ -73,6 +88,7 @@ def _prepare_aiocontainerd(d: Path) -> tuple[list[str], str]:
         f"state = {_toml_str(str(d / 'state'))}\n"
         "\n[grpc]\n"
         f"address = {_toml_str(address)}\n"
+        + (_cri_section("aiocontainerd", d) or "")
     )
     return [*aiocontainerd_argv(), "--config", str(cfg)], address
 
@@ -92,15 +108,17 @@ def _containerd_prepare(binary: str) -> Callable[[Path], tuple[list[str], str]]:
         # all services) stays: that is what `containerd` costs out of the box.
         # [ttrpc] address keeps its default (<grpc address>.ttrpc, in the run folder);
         # the debug and metrics endpoints are off by default.
+        cri = _cri_section("containerd", d)   # CRI groups: the plugin on, configured
         cfg.write_text(
             "version = 2\n"
             f"root = {_toml_str(str(d / 'root'))}\n"
             f"state = {_toml_str(str(d / 'state'))}\n"
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            "\n[grpc]\n"
+            + ('disabled_plugins = ["io.containerd.grpc.v1.cri"]\n' if cri is None else "")
+            + "\n[grpc]\n"
             f"  address = {_toml_str(address)}\n"
             '\n[plugins."io.containerd.internal.v1.opt"]\n'
             f"  path = {_toml_str(str(d / 'opt'))}\n"
+            + (cri or "")
         )
         return [binary, "--config", str(cfg)], address
 
@@ -256,20 +274,7 @@ async def start(kind: Kind, folder: Path, index: int) -> Running:
 
 def children(pid: int) -> list[int]:
     """Pids whose parent is ``pid``."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ..."; comm may hold spaces and parentheses
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
+    return [p.pid for p in processes().values() if p.ppid == pid]
 
 
 def rss_mb(pid: int) -> float:
@@ -307,18 +312,6 @@ async def stop(run: Running) -> list[str]:
             os.kill(pid, signal.SIGKILL)
             warnings.append(f"{run.kind} run {run.index}: child {pid} outlived the daemon, killed")
     return warnings
-
-
-def mounts_under(folder: Path) -> list[str]:
-    """Mount points at or below ``folder`` (deepest first)."""
-    prefix = str(folder).rstrip("/") + "/"
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point.startswith(prefix) or point == prefix[:-1]:
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
 
 
 def _cmd(pid: int) -> str:

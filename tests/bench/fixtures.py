@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.support.images import Image
@@ -53,7 +53,10 @@ CACHE = Path(__file__).parent / "results" / "cache"
 LARGE_IMAGE = "large image in a loopback registry"
 USR_IMAGE = "real-files image (gzip and zstd) in a loopback registry"
 BUSYBOX_IMAGE = "busybox image in a loopback registry"
-KNOWN = frozenset({LARGE_IMAGE, USR_IMAGE, BUSYBOX_IMAGE})
+#: CRI images (pause, busybox) pushed by the suite to a loopback registry, hosts.toml mirrors of
+#: registry.k8s.io to it and a private CNI bridge per daemon (tests.bench.cri)
+CRI_SETUP = "CRI images in a loopback registry, mirrors, a CNI bridge per daemon"
+KNOWN = frozenset({LARGE_IMAGE, USR_IMAGE, BUSYBOX_IMAGE, CRI_SETUP})
 REGISTRY_NEEDS = frozenset({LARGE_IMAGE, USR_IMAGE, BUSYBOX_IMAGE})
 
 LARGE_MB = 500
@@ -85,6 +88,8 @@ class Fixtures:
     usr_refs: dict[str, str] = dataclasses.field(default_factory=dict)
     #: the busybox image's reference in ``registry``
     busybox_ref: str = ""
+    #: the CRI setup (tests.bench.cri.CRIFixture) when CRI_SETUP was needed
+    cri: Any = None
     #: what setting up took, for the JSON (seconds per step)
     setup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     #: needs that cannot be met on this machine (a tool is not installed) and why;
@@ -130,6 +135,8 @@ class Fixtures:
             out["busybox_image"] = {"ref": self.busybox_ref}
         if self.usr_image is not None:
             out["usr_image"] = {"refs": dict(self.usr_refs), **self.usr_image.describe()}
+        if self.cri is not None:
+            out["cri"] = self.cri.describe()
         return out
 
 
@@ -141,6 +148,18 @@ def _say(msg: str) -> None:
 async def provide(needs: Iterable[str], folder: Path, cache: Path = CACHE) -> AsyncIterator[Fixtures]:
     """Set up ``needs`` (registry storage under ``folder``), yield them, tear them down."""
     needs = set(needs)
+    async with _provide(needs - {CRI_SETUP}, folder, cache) as fx:
+        if CRI_SETUP not in needs:
+            yield fx
+            return
+        from .cri import cri_fixture
+
+        async with cri_fixture(folder / "cri", fx) as fx.cri:
+            yield fx
+
+
+@contextlib.asynccontextmanager
+async def _provide(needs: set[str], folder: Path, cache: Path) -> AsyncIterator[Fixtures]:
     unknown = needs - KNOWN
     if unknown:
         raise FixtureError(f"unknown fixtures {sorted(unknown)}; known: {sorted(KNOWN)}")

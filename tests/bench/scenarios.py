@@ -635,6 +635,8 @@ def _container_rows() -> list[Scenario]:
     ]
 
 
+from .cri import cri_rows  # noqa: E402  (tests.bench.cri builds on the helpers above)
+
 SCENARIOS: list[Scenario] = [
     Scenario("start to Version answered", "ms", start_to_version, stats=("median", "p90")),
     Scenario("idle RSS", "MB", idle_rss),
@@ -644,4 +646,5 @@ SCENARIOS: list[Scenario] = [
     *_unpack_rows(UNPACK_ZSTD, "unpack-zstd", _unpack_scenario("zstd", _ctr_pull)),
     *_unpack_rows(UNPACK_DAEMON, "unpack-daemon", _daemon_unpack_or_na),
     *_container_rows(),
+    *cri_rows(),
 ]
