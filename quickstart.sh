@@ -16,7 +16,7 @@ finish() {
   [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
   # anything still running from this demo (a shim the daemon left behind) is reported and stopped
   for p in $(grep -l -s -F "$demo" /proc/[0-9]*/cmdline | cut -d/ -f3); do
-    line=$(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-120) || continue
+    line=$({ tr '\0' ' ' </proc/"$p"/cmdline; } 2>/dev/null | cut -c1-120) || continue
     [ -n "$line" ] && [ "$p" != "$$" ] || continue
     echo "warning: still running after the daemon stopped, killed: $p $line" >&2
     kill -9 "$p" 2>/dev/null || true

@@ -8,9 +8,10 @@ Embedding::
 or ``await daemon.start()`` … ``await daemon.stop()``. The ``aiocontainerd``
 command does the same and stops on SIGTERM/SIGINT.
 
-Start-up order: root (0700) and state (0711) folders; an exclusive lock on
-``<root>/aiocontainerd.lock`` (a second daemon on the same root is refused,
-the kernel drops the lock of a killed one); the socket path is
+Start-up order: root (0700) and state (0711) folders; exclusive locks on
+``<root>/aiocontainerd.lock`` and ``<state>/aiocontainerd.lock`` (a second
+daemon on the same root or state is refused, the kernel drops the locks of a
+killed one); the socket path is
 checked (its folder must exist unless it is the state folder; a live socket
 there is refused) and a socket bound beside it (0660, owned by ``[grpc]
 uid/gid``); plugins are initialised in dependency order; the gRPC server
@@ -137,8 +138,8 @@ def _publish_socket(tmp: str, path: str) -> None:
             os.unlink(tmp)
 
 
-def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket, str]:
-    """Create root and state, lock root, bind the socket; returns the lock's fd and the socket."""
+def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, int, socket.socket, str]:
+    """Create root and state, lock both, bind the socket; returns the locks' fds and the socket."""
     for folder, mode in ((root, 0o700), (state, 0o711)):
         if not str(folder):
             raise StartError("root and state must not be empty")
@@ -148,17 +149,37 @@ def _prepare(root: Path, state: Path, cfg: Config) -> tuple[int, socket.socket, 
             raise StartError(f"cannot use {folder}: it exists and is not a folder") from None
         except OSError as e:
             raise StartError(f"cannot create {e.filename}: {e.strerror}") from None
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return (fd, *_bind_socket(cfg.grpc.address, state, cfg.grpc.uid, cfg.grpc.gid))
-    except BlockingIOError:
-        os.close(fd)
-        raise StartError(f"root {root} is in use by another daemon "
-                         "(a root folder cannot be shared)") from None
+    fd = _lock(root, "root")
+    try:   # one folder for both: its one lock is enough
+        state_fd = _lock(state, "state") if state.resolve() != root.resolve() else os.dup(fd)
     except BaseException:
         os.close(fd)
         raise
+    try:
+        return (fd, state_fd, *_bind_socket(cfg.grpc.address, state, cfg.grpc.uid, cfg.grpc.gid))
+    except BaseException:
+        os.close(fd)
+        os.close(state_fd)
+        raise
+
+
+def _lock(folder: Path, what: str) -> int:
+    """An exclusive lock on ``<folder>/aiocontainerd.lock``; StartError if another daemon holds it.
+
+    Root and state are both locked: a second daemon on the same state would take the first
+    one's shim bundles for its own (and clean up those it has no record of).
+    """
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartError(f"{what} {folder} is in use by another daemon "
+                         f"(a {what} folder cannot be shared)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Daemon:
@@ -174,6 +195,7 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
+        self._state_lock_fd: int | None = None
         self._socket_ino: int | None = None
         self._socket_tmp: str | None = None
         self._ttrpc: TTRPCServer | None = None
@@ -198,13 +220,14 @@ class Daemon:
         # shielded: a cancelled start must still get the lock and socket back to release them
         prepare = asyncio.ensure_future(asyncio.to_thread(_prepare, root, state, cfg))
         try:
-            self._lock_fd, sock, tmp = await asyncio.shield(prepare)
+            self._lock_fd, self._state_lock_fd, sock, tmp = await asyncio.shield(prepare)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                fd, sock, tmp = await prepare
+                fd, state_fd, sock, tmp = await prepare
                 sock.close()
                 os.unlink(tmp)
                 os.close(fd)
+                os.close(state_fd)
             raise
         self._socket_tmp = tmp
         try:
@@ -308,9 +331,10 @@ class Daemon:
             await self._metrics_server.close()
             self._metrics_server = None
         await self.plugins.close_all()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in (self._lock_fd, self._state_lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._state_lock_fd = None
 
     async def __aenter__(self) -> Daemon:
         await self.start()

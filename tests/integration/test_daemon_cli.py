@@ -61,6 +61,15 @@ def test_second_daemon_on_same_root_is_refused(daemon_process: DaemonProcess, tm
     daemon_process.ctr("namespaces", "create", "still-here")
 
 
+def test_second_daemon_on_same_state_is_refused(daemon_process: DaemonProcess, tmp_short: Path) -> None:
+    # a second daemon on the same state would take the first one's shim bundles for its own
+    sock = tmp_short / "second.sock"
+    r = run("--root", str(tmp_short / "r2"), "--state", str(daemon_process.state), "--address", str(sock))
+    assert r.returncode == 1 and f"state {daemon_process.state} is in use by another daemon" in r.stderr
+    assert not sock.exists()
+    daemon_process.ctr("namespaces", "create", "still-here")
+
+
 def test_config_default_is_complete_and_loads(tmp_short: Path) -> None:
     r = run("config", "default")
     assert r.returncode == 0

@@ -937,7 +937,10 @@ async def events(client: Client, filters: tuple[str, ...]) -> None:
             if e.event is None or isinstance(e.event, pb.Any):
                 body = "{}" if e.event is None else json.dumps({"type_url": e.event.type_url})
             else:
-                body = json.dumps(e.event.to_dict(), separators=(",", ":"))
+                try:
+                    body = json.dumps(e.event.to_dict(), separators=(",", ":"))
+                except TypeError:   # it holds an Any of a type this client does not know
+                    body = json.dumps({"event": type(e.event).__name__})
             when = e.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC") if e.timestamp else ""
             click.echo(f"{when} {e.namespace} {e.topic} {body}")
 

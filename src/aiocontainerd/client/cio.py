@@ -193,6 +193,12 @@ class _PendingOpen:
             self.future.cancel()
 
 
+def _wake(ready: asyncio.Future[None]) -> None:
+    """fd readiness callback: the waiter may have been cancelled in the meantime."""
+    if not ready.done():
+        ready.set_result(None)
+
+
 async def _read(fd: int) -> bytes:
     loop = asyncio.get_running_loop()
     while True:
@@ -200,7 +206,7 @@ async def _read(fd: int) -> bytes:
             return os.read(fd, CHUNK)
         except BlockingIOError:
             ready = loop.create_future()
-            loop.add_reader(fd, ready.set_result, None)
+            loop.add_reader(fd, _wake, ready)
             try:
                 await ready
             finally:
@@ -216,7 +222,7 @@ async def _write_all(fd: int, data: bytes) -> None:
             view = view[n:]
         except BlockingIOError:
             ready = loop.create_future()
-            loop.add_writer(fd, ready.set_result, None)
+            loop.add_writer(fd, _wake, ready)
             try:
                 await ready
             finally:
