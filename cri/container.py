@@ -465,10 +465,7 @@ class ContainerRPCs:
 
         root_dir, state_dir = self._container_root(id_), self._container_state_dir(id_)
 
-        async def rm_dirs() -> None:
-            await asyncio.to_thread(shutil.rmtree, root_dir, True)
-            await asyncio.to_thread(shutil.rmtree, state_dir, True)
-        undo.append(rm_dirs)
+        undo.append(lambda: asyncio.to_thread(_rmtrees, root_dir, state_dir))
         _makedirs(root_dir, state_dir)   # two mkdirs: cheaper here than a thread hop
 
         # the rootfs: always writable (runc makes it read-only after creating mount points)
@@ -567,9 +564,9 @@ class ContainerRPCs:
                 runtime_handler=sandbox.runtime_handler, image_name=image_name, target_pid=target_pid,
                 extra_mounts=extra, rootfs=rootfs, features=features)
 
-        # about a millisecond of pure Python: a worker thread would only add its hop (and hold
-        # the GIL against the loop just the same)
-        return build()
+        # not pure computation: it reads the rootfs's passwd/group, /proc and /sys files, the
+        # seccomp profile, and scans /dev for a privileged container — off the loop
+        return await asyncio.to_thread(build)
 
     # -- StartContainer ----------------------------------------------------------------------
 
@@ -644,7 +641,8 @@ class ContainerRPCs:
     async def _container_io(self, record: ContainerRecord, state_dir: str,
                             live: _Live) -> tuple[str, str, str]:
         """(stdin, stdout, stderr) for the task: the CRI logger's URI when cri/logger.py offers
-        one, else FIFOs copied by the daemon into the CRI log (:class:`CRILogCopier`)."""
+        one (its script installed, an absolute log path), else FIFOs copied by the daemon into
+        the CRI log (:class:`CRILogCopier`)."""
         tty = bool(record.config.tty)
         want_stdin = bool(record.config.stdin)
         log_path = self._output_log(record)
@@ -676,10 +674,8 @@ class ContainerRPCs:
     def _logger_uri(self, log_path: str) -> str:
         """The ``binary://`` CRI logger URI of cri/logger.py for ``log_path`` ("" if unavailable:
         the logger script is not installed, or the log path is not absolute)."""
-        try:
-            from . import logger as logger_
-        except ImportError:
-            return ""
+        from . import logger as logger_
+
         try:
             return logger_.log_uri(log_path, max_line=self.plugin.config.max_container_log_line_size)
         except (ValueError, OSError, AttributeError) as e:

@@ -62,8 +62,9 @@ from typing import Any
 
 from aiocontainerd import oci
 from aiocontainerd.api.runtime import v1 as api
+from aiocontainerd.cgroups import unescape_mountinfo
 from aiocontainerd.errors import InvalidArgument, NotFound, Unimplemented
-from aiocontainerd.oci import Spec
+from aiocontainerd.oci import Spec, _caps, _linux, _process, _resources
 from aiocontainerd.oci.rootfs import DirRootFS, RootFS
 
 from . import seccomp as seccomp_
@@ -160,22 +161,6 @@ def _rootfs(rootfs: RootFS | str | None) -> RootFS | None:
     if isinstance(rootfs, str):
         return DirRootFS(rootfs)
     return rootfs
-
-
-def _process(spec: Spec) -> dict[str, Any]:
-    return spec.setdefault("process", {})
-
-
-def _linux(spec: Spec) -> dict[str, Any]:
-    return spec.setdefault("linux", {})
-
-
-def _resources(spec: Spec) -> dict[str, Any]:
-    return _linux(spec).setdefault("resources", {})
-
-
-def _caps(spec: Spec) -> dict[str, Any]:
-    return _process(spec).setdefault("capabilities", {})
 
 
 def _base_spec(id: str, runtime: Runtime | None) -> Spec:
@@ -290,19 +275,6 @@ def _oom_score_adj(value: int, restrict: bool) -> int:
 
 # -- mounts ---------------------------------------------------------------------------------------
 
-def _unescape_mountinfo(field: str) -> str:
-    out = []
-    i = 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 @dataclasses.dataclass(frozen=True)
 class MountInfo:
     """One ``/proc/self/mountinfo`` line: mount point, optional fields, super options."""
@@ -322,7 +294,7 @@ def _mountinfo() -> list[MountInfo]:
         if "-" not in fields[6:]:
             continue
         sep = fields.index("-", 6)
-        out.append(MountInfo(mountpoint=_unescape_mountinfo(fields[4]), optional=tuple(fields[6:sep]),
+        out.append(MountInfo(mountpoint=unescape_mountinfo(fields[4]), optional=tuple(fields[6:sep]),
                              fstype=fields[sep + 1] if len(fields) > sep + 1 else "",
                              vfs_options=tuple(fields[sep + 3].split(",")) if len(fields) > sep + 3 else ()))
     return out
@@ -545,30 +517,12 @@ def populate_volumes(rootfs_dir: str, mounts: Sequence[api.Mount]) -> None:
 
 
 def _resolve_in_root(root: str, path: str) -> str | None:
-    """``path`` inside ``root`` with symlinks followed without leaving it (``fs.RootPath``)."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        host = os.path.join(root, *done, name)
-        if os.path.islink(host):
-            links += 1
-            if links > 40:
-                return None
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        if not os.path.lexists(host):
-            return None
-        done.append(name)
-    return os.path.join(root, *done)
+    """``path`` inside ``root`` with symlinks followed without leaving it (``fs.RootPath``);
+    None when it is missing, unreadable or a symlink loop."""
+    try:
+        return DirRootFS(root)._resolve(path)
+    except OSError:
+        return None
 
 
 # -- devices --------------------------------------------------------------------------------------
@@ -851,6 +805,18 @@ def _same_userns(a: api.UserNamespace | None, b: api.UserNamespace | None) -> bo
             and [bytes(x) for x in a.gids] == [bytes(x) for x in b.gids])
 
 
+def _apply_seccomp(spec: Spec, sc: api.LinuxSandboxSecurityContext | api.LinuxContainerSecurityContext,
+                   cri_config: CRIConfig) -> None:
+    """``linux.seccomp`` from the security context (its profile, else the legacy path), bounded
+    by the spec's capabilities; nothing when unconfined or privileged."""
+    profile = sc.seccomp if sc.seccomp is not None else seccomp_.security_profile(
+        sc.seccomp_profile_path, cri_config.unset_seccomp_profile)
+    seccomp = seccomp_.seccomp_for(profile, privileged=sc.privileged,
+                                   bounding_caps=_caps(spec).get("bounding") or [])
+    if seccomp is not None:
+        _linux(spec)["seccomp"] = seccomp
+
+
 # -- sandbox -------------------------------------------------------------------------------------
 
 def sandbox_spec(sandbox_id: str, config: api.PodSandboxConfig, image_config: Mapping[str, Any], *,
@@ -957,12 +923,7 @@ def sandbox_spec(sandbox_id: str, config: api.PodSandboxConfig, image_config: Ma
                 break
 
     # sandboxContainerSpecOpts: seccomp, then the user
-    profile = sc.seccomp if sc.seccomp is not None else seccomp_.security_profile(
-        sc.seccomp_profile_path, cri_config.unset_seccomp_profile)
-    seccomp = seccomp_.seccomp_for(profile, privileged=sc.privileged,
-                                   bounding_caps=_caps(spec).get("bounding") or [])
-    if seccomp is not None:
-        _linux(spec)["seccomp"] = seccomp
+    _apply_seccomp(spec, sc, cri_config)
     userstr = security.generate_user_string("", sc.run_as_user, sc.run_as_group) or image.get("User") or ""
     if userstr:
         _set_user(spec, ctx, userstr)
@@ -1134,12 +1095,7 @@ def container_spec(container_id: str, sandbox_id: str, config: api.ContainerConf
                                             enabled=security.apparmor_enabled(cri_config.disable_apparmor))
     if profile:
         p["apparmorProfile"] = profile
-    sp = sc.seccomp if sc.seccomp is not None else seccomp_.security_profile(
-        sc.seccomp_profile_path, cri_config.unset_seccomp_profile)
-    seccomp = seccomp_.seccomp_for(sp, privileged=sc.privileged,
-                                   bounding_caps=_caps(spec).get("bounding") or [])
-    if seccomp is not None:
-        _linux(spec)["seccomp"] = seccomp
+    _apply_seccomp(spec, sc, cri_config)
     if config.CDI_devices:
         names = ", ".join(d.name for d in config.CDI_devices)
         raise Unimplemented(f"CDI devices ({names}) requested but CDI is not supported")

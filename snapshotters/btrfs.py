@@ -59,6 +59,7 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+from aiocontainerd.cgroups import unescape_mountinfo
 from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from aiocontainerd.mount import Mount
 from aiocontainerd.plugin import SNAPSHOTTER, InitContext, Registration, SkipPlugin
@@ -282,18 +283,6 @@ class MountEntry:
     source: str
 
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def lookup_mount(path: str | os.PathLike[str], mountinfo: str = "/proc/self/mountinfo") -> MountEntry:
     """The mount ``path`` lies in (containerd's ``mount.Lookup``): the longest mount point
     containing it, the last one when several are stacked. Symlinks are resolved."""
@@ -306,10 +295,10 @@ def lookup_mount(path: str | os.PathLike[str], mountinfo: str = "/proc/self/moun
             rest = tail.split(" ")
             if not sep or len(fields) < 5 or len(rest) < 2:
                 continue
-            point = _unescape(fields[4])
+            point = unescape_mountinfo(fields[4])
             if real == point or real.startswith(point.rstrip("/") + "/"):
                 if best is None or len(point) >= len(best.mount_point):
-                    best = MountEntry(point, rest[0], _unescape(rest[1]))
+                    best = MountEntry(point, rest[0], unescape_mountinfo(rest[1]))
     if best is None:
         raise FileNotFoundError(errno.ENOENT, "no mount holds this path", os.fspath(path))
     return best

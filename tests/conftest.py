@@ -134,3 +134,15 @@ def daemon_process(tmp_short: Path) -> Iterator[DaemonProcess]:
 def need_ctr() -> None:
     if shutil.which("ctr") is None:
         pytest.skip("the real ctr is not installed (apt-get install containerd)")
+
+
+@pytest.fixture
+def ctr_installed() -> None:
+    """Skips the test unless the real ``ctr`` is installed; for ``pytest.mark.usefixtures``."""
+    need_ctr()
+
+
+def blobs_on_disk(d: DaemonProcess) -> set[str]:
+    """Digests of the blobs in the daemon's content store folder."""
+    folder = d.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()

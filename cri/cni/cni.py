@@ -348,7 +348,7 @@ class CNI:
         :class:`ConfigError`) when an ADD fails — after a best-effort DEL of every
         network, so a failed setup leaves no interface, lease or cache entry behind.
         """
-        self.reload_if_changed()
+        await asyncio.to_thread(self.reload_if_changed)  # scandir/stat, maybe re-reads confs
         if not self._ready():
             raise NotInitialized()
         networks = list(self._networks)
@@ -408,7 +408,7 @@ class CNI:
         (:class:`CNIError`, :class:`PluginNotFound`) and its cache entry kept so a
         retry DELs it again. Does not require the object to be ready.
         """
-        self.reload_if_changed()
+        await asyncio.to_thread(self.reload_if_changed)  # scandir/stat, maybe re-reads confs
         lock = self._lock(container_id)
         async with lock:
             try:
@@ -467,7 +467,7 @@ class CNI:
         :meth:`check_network`) with its current configuration (as libcni) and the
         args it was added with when cached. Raises
         :class:`NotInitialized` when not ready, else the first :class:`CNIError`."""
-        self.reload_if_changed()
+        await asyncio.to_thread(self.reload_if_changed)  # scandir/stat, maybe re-reads confs
         if not self._ready():
             raise NotInitialized()
         args = list(args)

@@ -161,6 +161,18 @@ class _Sink:
         self.fd = self.keeper = -1
 
 
+def _open_fifo_both(path: str) -> tuple[int, int]:
+    """``(read fd, write fd)`` of the FIFO at ``path``, both non-blocking: the read side
+    first, so opening the write side neither blocks nor fails with ENXIO."""
+    rd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        wr = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:
+        os.close(rd)
+        raise
+    return rd, wr
+
+
 def _open_fifo_or_file_for_write(path: str) -> _Sink:
     """Open an output path: a FIFO without blocking (read side first), else a regular file."""
     try:
@@ -168,12 +180,7 @@ def _open_fifo_or_file_for_write(path: str) -> _Sink:
     except FileNotFoundError as e:
         raise errors.NotFound(f"stdio {path} does not exist") from e
     if stat.S_ISFIFO(st.st_mode):
-        keeper = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except BaseException:
-            os.close(keeper)
-            raise
+        keeper, fd = _open_fifo_both(path)
         return _Sink(fd, keeper, regular=False)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     return _Sink(fd, None, regular=True)
@@ -227,13 +234,7 @@ class ProcessIO:
         return r, w
 
     def _open_stdin_fifo(self, path: str) -> None:
-        src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            keeper = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except BaseException:
-            os.close(src)
-            raise
-        self._stdin_src, self._stdin_keeper = src, keeper
+        self._stdin_src, self._stdin_keeper = _open_fifo_both(path)
 
     # -- API ---------------------------------------------------------------------------
 

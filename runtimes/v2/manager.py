@@ -288,7 +288,6 @@ class TaskManager:
         self.debug = debug
         self._tasks: dict[tuple[str, str], Task] = {}
         self._busy: set[tuple[str, str]] = set()
-        self._background: set[asyncio.Task[Any]] = set()
         self.collector: Any = None   #: the cgroups Prometheus collector, when metrics are served
 
     # -- resolution and options ---------------------------------------------------------------

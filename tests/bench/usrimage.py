@@ -41,7 +41,15 @@ from typing import IO, Any, cast
 
 import zstandard
 
-from tests.support.images import MEDIA_TYPES, Blob, HashingWriter, Image, make_image
+from tests.support.images import (
+    MEDIA_TYPES,
+    Blob,
+    HashingWriter,
+    Image,
+    built_blob,
+    make_image,
+    publish_built,
+)
 
 #: (title, subtrees relative to ``/``) per layer, in order; missing subtrees are left out
 LAYER_SPEC: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -311,19 +319,14 @@ def _build(folder: Path, root: Path, layers: Sequence[tuple[str, tuple[str, ...]
                              "layers": [b.descriptor() for b in layer_blobs]}
     meta["platform"] = list(platform)
     meta["diff_ids"] = diff_ids
-    (tmp / "image.json").write_text(json.dumps(meta, indent=1))
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # built concurrently by someone else: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_built(tmp, folder, meta)
 
 
 def _load(folder: Path) -> UsrImage:
     meta = json.loads((folder / "image.json").read_text())
 
     def blob(d: Mapping[str, Any]) -> Blob:
-        return Blob(d["mediaType"], None, d["digest"], d["size"],
-                    path=folder / "blobs" / d["digest"].split(":", 1)[1])
+        return built_blob(folder, d)
 
     images = {c: Image(blob(m["manifest"]), blob(m["config"]), tuple(blob(d) for d in m["layers"]),
                        tuple(meta["diff_ids"]), tuple(meta["platform"]))  # type: ignore[arg-type]

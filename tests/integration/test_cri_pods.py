@@ -34,7 +34,7 @@ from grpclib.exceptions import GRPCError
 from aiocontainerd.api.runtime import v1 as api
 from aiocontainerd.cri import netns
 from tests.conftest import DaemonProcess
-from tests.support.cri import CRISetup, cri_setup, crictl, crictl_argv, need_cri
+from tests.support.cri import CRISetup, cri_daemon, crictl, crictl_argv
 from tests.support.runtime import mounts_under
 
 pytestmark = pytest.mark.integration
@@ -66,12 +66,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_short: Path) -> AsyncIterator[Rig]:
-    need_cri()
-    async with cri_setup(tmp_short / "cri") as setup:
-        config = tmp_short / "config.toml"
-        config.write_text("version = 3\n" + setup.ours())
-        daemon = DaemonProcess(tmp_short, "--config", str(config))
-        await asyncio.to_thread(daemon.start, 60)
+    async with cri_daemon(tmp_short) as (setup, daemon):
         channel = Channel(path=daemon.address)
         r = Rig(setup, daemon, channel, api.RuntimeServiceStub(channel))
         try:
@@ -83,8 +78,6 @@ async def rig(tmp_short: Path) -> AsyncIterator[Rig]:
                     await r.rt.remove_pod_sandbox(api.RemovePodSandboxRequest(pod_sandbox_id=p.id))
             finally:
                 r.channel.close()
-                if r.daemon.proc is not None:
-                    r.daemon.stop()
 
 
 def pod_config(tmp: Path, name: str = "web", *, host_network: bool = False, uid: str = "uid-1",

@@ -28,7 +28,7 @@ from grpclib.client import Channel
 
 from aiocontainerd.api.runtime import v1 as api
 from tests.conftest import DaemonProcess
-from tests.support.cri import BUSYBOX_IMAGE, CRISetup, cri_setup, need_cri
+from tests.support.cri import BUSYBOX_IMAGE, CRISetup, cri_daemon
 from tests.support.runtime import cwd, mounts_under, shims_of
 
 pytestmark = pytest.mark.integration
@@ -119,12 +119,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 async def rig(tmp_short: Path) -> AsyncIterator[Rig]:
-    need_cri()
-    async with cri_setup(tmp_short / "cri") as setup:
-        config = tmp_short / "config.toml"
-        config.write_text("version = 3\n" + setup.ours())
-        daemon = DaemonProcess(tmp_short, "--config", str(config))
-        await asyncio.to_thread(daemon.start, 60)
+    async with cri_daemon(tmp_short) as (setup, daemon):
         r = Rig(tmp_short, setup, daemon, None, None, None)  # type: ignore[arg-type]
         r.connect()
         try:
@@ -142,8 +137,6 @@ async def rig(tmp_short: Path) -> AsyncIterator[Rig]:
                                                   timeout=60)
             finally:
                 r.channel.close()
-                if r.daemon.proc is not None:
-                    r.daemon.stop()
 
 
 async def _grows(path: Path, limit: float = 10) -> None:

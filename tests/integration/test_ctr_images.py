@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, need_ctr
+from tests.conftest import DaemonProcess, blobs_on_disk
 from tests.support.images import busybox_image, docker_save_tar, multi_platform, oci_layout_tar
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _ctr() -> None:
-    need_ctr()
-
-
-def blobs_on_disk(d: DaemonProcess) -> set[str]:
-    folder = d.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
-    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_installed")]
 
 
 def images(d: DaemonProcess) -> dict[str, list[str]]:

@@ -17,21 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, need_ctr
+from tests.conftest import DaemonProcess, blobs_on_disk
 from tests.support.images import busybox_image, large_image, multi_platform, push
 from tests.support.registry import Registry
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _ctr() -> None:
-    need_ctr()
-
-
-def blobs_on_disk(d: DaemonProcess) -> set[str]:
-    folder = d.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
-    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_installed")]
 
 
 def ingests_on_disk(d: DaemonProcess) -> list[Path]:

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from aiocontainerd.content import LocalStore
 from aiocontainerd.errors import FailedPrecondition, NotFound, Unavailable
 from aiocontainerd.images.pull import PullOptions, pull
-from aiocontainerd.metadata import MetadataDB
-from aiocontainerd.metadata.gc import GarbageCollector
 from aiocontainerd.metadata.plugin import Metadata
-from aiocontainerd.metadata.scheduler import Scheduler, SchedulerConfig
 from aiocontainerd.remotes import Hosts, Resolver, platforms
+from tests.support import fixtures
 from tests.support.images import busybox_image, multi_platform, push
 from tests.support.registry import Registry, RegistryFront
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def metadata(tmp_path: Path):
-    db = MetadataDB.open(tmp_path / "db", map_size=256 << 20)
-    m = Metadata(db, LocalStore(tmp_path / "content"))
-    m.scheduler = Scheduler(GarbageCollector(db, m.content), SchedulerConfig(startup_delay="1h"))
-    yield m
-    await m.scheduler.close()
-    db.close()
+metadata = fixtures.metadata   # the fixture
 
 
 @pytest.fixture

@@ -43,8 +43,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+from tests.support.lifecycle import StartStop
+
+if TYPE_CHECKING:
+    from tests.conftest import DaemonProcess
 
 # -- where things are -------------------------------------------------------------------------------
 CRI_TOOLS = Path(os.environ.get("CRI_TOOLS", "/work/tools"))   # outside the repo; absent in CI
@@ -370,7 +374,7 @@ def minimal_images() -> dict[str, Any]:
     return {f"pause:{PAUSE_TAG}": pause_image(), "e2e-test-images/busybox:1.29-2": busybox_image()}
 
 
-class CRIImages:
+class CRIImages(StartStop):
     """A loopback registry serving CRI test images; ``host`` is ``127.0.0.1:PORT``.
 
     With build.sh's storage present (``critest_images_available()``, or ``storage`` given), a
@@ -412,18 +416,6 @@ class CRIImages:
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)   # removes the symlink, not the storage
             self._root = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
 
 # -- everything at once -----------------------------------------------------------------------------
@@ -471,6 +463,27 @@ def need_cri() -> None:
     reason = cri_unusable()
     if reason is not None:
         pytest.skip(reason)
+
+
+@contextlib.asynccontextmanager
+async def cri_daemon(base: Path) -> AsyncIterator[tuple[CRISetup, DaemonProcess]]:
+    """``need_cri()``, then ``cri_setup(base/"cri")`` and our daemon (a real process on ``base``)
+    started with a ``base/config.toml`` of ``setup.ours()``; stopped on exit if still running."""
+    import asyncio
+
+    from tests.conftest import DaemonProcess
+
+    need_cri()
+    async with cri_setup(base / "cri") as setup:
+        config = base / "config.toml"
+        config.write_text("version = 3\n" + setup.ours())
+        daemon = DaemonProcess(base, "--config", str(config))
+        await asyncio.to_thread(daemon.start, 60)
+        try:
+            yield setup, daemon
+        finally:
+            if daemon.proc is not None:
+                daemon.stop()
 
 
 # -- critest ------------------------------------------------------------------------------------------

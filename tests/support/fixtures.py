@@ -13,9 +13,15 @@ or the test sets its attributes (``registry_front.auth = "basic"``) before use.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from aiocontainerd.content import LocalStore
+from aiocontainerd.metadata import MetadataDB
+from aiocontainerd.metadata.gc import GarbageCollector
+from aiocontainerd.metadata.plugin import Metadata
+from aiocontainerd.metadata.scheduler import Scheduler, SchedulerConfig
 from tests.support.registry import REGISTRY_BINARY, Registry, RegistryFront, registry_available
 
 
@@ -39,3 +45,15 @@ async def registry_front(registry: Registry, request: pytest.FixtureRequest) -> 
     options = getattr(request, "param", None) or {}
     async with RegistryFront(registry, **options) as front:
         yield front
+
+
+@pytest.fixture
+async def metadata(tmp_path: Path) -> AsyncIterator[Metadata]:
+    """Metadata on an LMDB and a local content store in ``tmp_path``; its GC scheduler waits an
+    hour before any collection (tests trigger it themselves)."""
+    db = MetadataDB.open(tmp_path / "db", map_size=256 << 20)
+    m = Metadata(db, LocalStore(tmp_path / "content"))
+    m.scheduler = Scheduler(GarbageCollector(db, m.content), SchedulerConfig(startup_delay="1h"))
+    yield m
+    await m.scheduler.close()
+    db.close()

@@ -670,19 +670,30 @@ def _build_large(key: Path, total_mb: int, layers: int, compression: Compression
     meta = {"platform": list(platform), "manifest": image.manifest.descriptor(),
             "config": image.config.descriptor(), "layers": [b.descriptor() for b in layer_blobs],
             "diff_ids": list(image.diff_ids)}
+    publish_built(tmp, key, meta)
+
+
+def publish_built(tmp: Path, folder: Path, meta: Mapping[str, Any]) -> None:
+    """Writes ``meta`` as ``tmp/image.json`` and renames ``tmp`` (an image built with its blobs
+    in ``tmp/blobs``) to ``folder``; if someone else built ``folder`` meanwhile, keeps theirs."""
     (tmp / "image.json").write_text(json.dumps(meta, indent=1))
     try:
-        os.rename(tmp, key)
+        os.rename(tmp, folder)
     except OSError:               # built concurrently by someone else: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def built_blob(folder: Path, d: Mapping[str, Any]) -> Blob:
+    """The blob of descriptor ``d`` in ``folder/blobs`` of a ``publish_built`` folder."""
+    return Blob(d["mediaType"], None, d["digest"], d["size"],
+                path=folder / "blobs" / d["digest"].split(":", 1)[1])
 
 
 def _load_large(key: Path) -> Image:
     meta = json.loads((key / "image.json").read_text())
 
     def blob(d: Mapping[str, Any]) -> Blob:
-        path = key / "blobs" / d["digest"].split(":", 1)[1]
-        return Blob(d["mediaType"], None, d["digest"], d["size"], path=path)
+        return built_blob(key, d)
 
     return Image(blob(meta["manifest"]), blob(meta["config"]), tuple(blob(d) for d in meta["layers"]),
                  tuple(meta["diff_ids"]), tuple(meta["platform"]))

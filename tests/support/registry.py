@@ -34,13 +34,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.support.lifecycle import StartStop
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 SERVICE = "test-registry"
@@ -77,7 +78,7 @@ def registry_available(binary: str = REGISTRY_BINARY) -> bool:
     return os.access(binary, os.X_OK)
 
 
-class Registry:
+class Registry(StartStop):
     """The real ``docker-registry serve`` on 127.0.0.1:<free port>, storage in a temporary folder.
 
     No authentication, deletes enabled, log level warn, its output in ``log_path``. Use as an
@@ -187,18 +188,6 @@ class Registry:
         except OSError:
             return ""
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
-
 
 @dataclass
 class SeenRequest:
@@ -276,7 +265,7 @@ def parse_scope(scope: str) -> set[tuple[str, str, str]]:
     return out
 
 
-class RegistryFront:
+class RegistryFront(StartStop):
     """An aiohttp reverse proxy in front of a ``Registry``: auth, request log, fault injection.
 
     ``auth``: ``"none"``; ``"basic"`` (``users`` checked on every /v2 request); or ``"bearer"``
@@ -426,18 +415,6 @@ class RegistryFront:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     # -- auth ----------------------------------------------------------------------------------
     def _record(self, server: Server, request: web.Request) -> SeenRequest:

@@ -9,24 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from aiocontainerd.content import LocalStore
 from aiocontainerd.errors import InvalidArgument
 from aiocontainerd.images.archive import export_archive, import_archive
-from aiocontainerd.metadata import MetadataDB
-from aiocontainerd.metadata.gc import GarbageCollector
 from aiocontainerd.metadata.plugin import Metadata
-from aiocontainerd.metadata.scheduler import Scheduler, SchedulerConfig
+from tests.support import fixtures
 from tests.support.images import busybox_image, docker_save_tar, multi_platform, oci_layout_tar
 
-
-@pytest.fixture
-async def metadata(tmp_path: Path):
-    db = MetadataDB.open(tmp_path / "db", map_size=256 << 20)
-    m = Metadata(db, LocalStore(tmp_path / "content"))
-    m.scheduler = Scheduler(GarbageCollector(db, m.content), SchedulerConfig(startup_delay="1h"))
-    yield m
-    await m.scheduler.close()
-    db.close()
+metadata = fixtures.metadata   # the fixture
 
 
 def on_disk(m: Metadata) -> set[str]:

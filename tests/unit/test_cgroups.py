@@ -5,8 +5,6 @@ the messages' wire facts, and the Prometheus collector's names."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from aiocontainerd.api.google import protobuf as pb
 from aiocontainerd.cgroups import prometheus as cgprom
 from aiocontainerd.cgroups import v1, v2
 from aiocontainerd.metrics import Metrics, MetricsServer
+from tests.support import imports
 
 U64 = (1 << 64) - 1
 
@@ -444,12 +443,10 @@ def test_wire_numbers(msg: object, wire: bytes) -> None:
 
 def test_shim_imports() -> None:
     """The shim imports this module: no grpclib, aiohttp, prometheus_client, services."""
-    code = ("import sys, aiocontainerd.cgroups as c; c.stats(__import__('os').getpid()); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('grpclib', 'aiohttp', 'prometheus_client', "
-            "'lmdb') or m.startswith(('aiocontainerd.services', 'aiocontainerd.metadata', "
-            "'aiocontainerd.daemon', 'aiocontainerd.client'))]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    bad = imports.loaded("import os, aiocontainerd.cgroups as c; c.stats(os.getpid())",
+                         ("grpclib", "aiohttp", "prometheus_client", "lmdb", "aiocontainerd.services",
+                          "aiocontainerd.metadata", "aiocontainerd.daemon", "aiocontainerd.client"))
+    assert bad == [], bad
 
 
 # -- Prometheus ---------------------------------------------------------------------------

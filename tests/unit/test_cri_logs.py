@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from aiocontainerd.cri import logger as crilog
 from aiocontainerd.runtimes.aiorunc.reaper import DEVNULL, Reaper
 from aiocontainerd.runtimes.aiorunc.stdio import ProcessIO, open_stdio
+from tests.support import imports, shim
 
 RECORD = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$", re.S)
 SCRIPT = str(Path(sys.executable).with_name(crilog.SCRIPT))
@@ -221,12 +221,11 @@ def test_parse_args_and_uri(tmp_path: Path) -> None:
 
 def test_imports_stay_small() -> None:
     """The writer and the shim's stdio import nothing heavy (the shim must stay small)."""
-    code = ("import sys; import aiocontainerd.cri.logger, aiocontainerd.runtimes.aiorunc.stdio;"
-            "bad = [m for m in ('grpclib', 'aiohttp', 'lmdb', 'prometheus_client', 'pyroute2',"
-            " 'aiocontainerd.services', 'aiocontainerd.metadata', 'aiocontainerd.cri.plugin',"
-            " 'aiocontainerd.api.runtime') if m in sys.modules]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    bad = imports.loaded("import aiocontainerd.cri.logger, aiocontainerd.runtimes.aiorunc.stdio",
+                         ("grpclib", "aiohttp", "lmdb", "prometheus_client", "pyroute2",
+                          "aiocontainerd.services", "aiocontainerd.metadata", "aiocontainerd.cri.plugin",
+                          "aiocontainerd.api.runtime"))
+    assert bad == []
 
 
 # -- the standalone logger (fd 3/4/5 protocol) ---------------------------------------------
@@ -357,14 +356,7 @@ def test_logger_bad_args_and_unwritable(tmp_path: Path) -> None:
 
 # -- the shim's in-process fast path -------------------------------------------------------
 
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper()
-    r.install(asyncio.get_running_loop(), subreaper=False)
-    try:
-        yield r
-    finally:
-        r.uninstall()
+reaper = shim.reaper   # the fixture
 
 
 async def run(reaper: Reaper, pio: ProcessIO, argv: list[str]) -> int:
@@ -417,15 +409,15 @@ async def test_shim_fast_path_writes_a_waiting_partial_line(reaper: Reaper, tmp_
     assert records(path) == [("stdout", "P", b"prompt"), ("stdout", "F", b"")]
 
 
-async def test_shim_fast_path_terminal(reaper: Reaper, tmp_path: Path) -> None:
-    path = tmp_path / "c.log"
-    uri = crilog.log_uri(str(path))
+async def through_console(reaper: Reaper, uri: str, data: bytes) -> None:
+    """Opens a terminal stdio with stdout ``uri``, writes ``data`` on the console's slave side,
+    closes it and waits for the copy to finish."""
     pio = await open_stdio(stdin="", stdout=uri, stderr="", terminal=True, id="c1",
                            namespace="k8s.io", reaper=reaper)
     master, slave = os.openpty()
     try:
         await pio.attach_console(master)
-        os.write(slave, b"from tty\n")
+        os.write(slave, data)
         os.close(slave)
         slave = -1
         await pio.wait(timeout=5)
@@ -433,6 +425,12 @@ async def test_shim_fast_path_terminal(reaper: Reaper, tmp_path: Path) -> None:
         if slave >= 0:
             os.close(slave)
         await pio.close()
+
+
+async def test_shim_fast_path_terminal(reaper: Reaper, tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    uri = crilog.log_uri(str(path))
+    await through_console(reaper, uri, b"from tty\n")
     assert records(path) == [("stdout", "F", b"from tty")]
 
 
@@ -442,19 +440,7 @@ async def test_shim_binary_logger_with_terminal(reaper: Reaper, tmp_path: Path) 
     link = tmp_path / "other-logger"     # another name: no fast path
     os.symlink(SCRIPT, link)
     uri = f"binary://{link}?path={path}"
-    pio = await open_stdio(stdin="", stdout=uri, stderr="", terminal=True, id="c1",
-                           namespace="k8s.io", reaper=reaper)
-    master, slave = os.openpty()
-    try:
-        await pio.attach_console(master)
-        os.write(slave, b"via logger\n")
-        os.close(slave)
-        slave = -1
-        await pio.wait(timeout=5)
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        await pio.close()
+    await through_console(reaper, uri, b"via logger\n")
     assert records(path) == [("stdout", "F", b"via logger")]
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "read_v1",
     "read_v2",
     "stats",
+    "unescape_mountinfo",
     "v1",
     "v1_dirs",
     "v2",
@@ -79,7 +80,7 @@ _NS_PER_S = 1_000_000_000
 # -- mounts and modes ---------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """A mountinfo path with its octal escapes (``\\040`` for space) decoded."""
     if "\\" not in field:
         return field
@@ -109,7 +110,7 @@ def parse_mountinfo(text: str) -> list[tuple[str, str, str, list[str]]]:
         if len(fields) < 5 or len(after) < 1 or after[0] not in ("cgroup", "cgroup2"):
             continue
         options = after[2].split(",") if len(after) > 2 else []
-        out.append((after[0], _unescape(fields[4]), _unescape(fields[3]), options))
+        out.append((after[0], unescape_mountinfo(fields[4]), unescape_mountinfo(fields[3]), options))
     return out
 
 

@@ -199,34 +199,39 @@ def _wake(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
-async def _read(fd: int) -> bytes:
+async def _until_ready(fd: int, *, write: bool) -> None:
+    """Until the non-blocking ``fd`` is readable (``write``: writable)."""
     loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    if write:
+        loop.add_writer(fd, _wake, ready)
+    else:
+        loop.add_reader(fd, _wake, ready)
+    try:
+        await ready
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _read(fd: int) -> bytes:
     while True:
         try:
             return os.read(fd, CHUNK)
         except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(fd, _wake, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
+            await _until_ready(fd, write=False)
 
 
 async def _write_all(fd: int, data: bytes) -> None:
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
             n = os.write(fd, view)
             view = view[n:]
         except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_writer(fd, _wake, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
+            await _until_ready(fd, write=True)
 
 
 def _stdin_thread(fd: int, queue: asyncio.Queue[bytes], loop: asyncio.AbstractEventLoop) -> None:

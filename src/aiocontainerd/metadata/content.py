@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from .. import filters, identifiers
@@ -65,24 +66,34 @@ def _record(info: Info) -> dict:
 INLINE_READ_MAX = 64 << 10
 
 
-def _read_small(path, digest: str, offset: int, size: int) -> bytes:
-    """LocalStore.read of a small blob in one piece (same errors, same bytes)."""
+def _read_small(path, digest: str, offset: int, size: int) -> bytes | None:
+    """LocalStore.read of a small blob in one piece (same errors, same bytes).
+
+    None if the file on disk is not a regular file of at most INLINE_READ_MAX bytes (the
+    namespace record's size is not trusted to bound work on the loop): the caller then
+    takes the worker-thread path.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise NotFound(f"content {digest}: not found") from None
     try:
-        length = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
+            return None
+        length = st.st_size
         if offset > length:
             raise InvalidArgument(f"offset {offset} past the end of {digest} ({length} bytes)")
         remaining = (length - offset) if size == 0 else min(size, length - offset)
-        out = b""
-        while len(out) < remaining:
-            data = os.pread(fd, remaining - len(out), offset + len(out))
+        parts: list[bytes] = []
+        got = 0
+        while got < remaining:
+            data = os.pread(fd, remaining - got, offset + got)
             if not data:
                 break
-            out += data
-        return out
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
@@ -244,9 +255,10 @@ class ContentStore:
         info = self.info(namespace, digest)
         if info.size <= INLINE_READ_MAX and offset >= 0 and size >= 0:
             data = _read_small(self.local.blob_path(digest), digest, offset, size)
-            if data:
-                yield data
-            return
+            if data is not None:
+                if data:
+                    yield data
+                return
         async for chunk in self.local.read(digest, offset, size):
             yield chunk
 

@@ -48,7 +48,8 @@ from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from .rootfs import DirRootFS, LayeredRootFS, RootFS, from_mounts
 
 __all__ = [
-    "DEFAULT_ENV", "DEFAULT_ROOTFS_PATH", "SPEC_TYPE_URL", "SPEC_VERSION", "DirRootFS", "LayeredRootFS",
+    "CAPABILITIES", "DEFAULT_ENV", "DEFAULT_ROOTFS_PATH", "SPEC_TYPE_URL", "SPEC_VERSION", "DirRootFS",
+    "LayeredRootFS",
     "RootFS", "Spec", "SpecContext", "SpecOpt", "apply_opts", "compose", "default_caps", "default_mounts",
     "default_spec", "from_any", "from_json", "from_mounts", "generate_spec", "marshal", "parse_mount",
     "replace_or_append_env", "to_any", "with_added_capabilities", "with_additional_gids",
@@ -713,7 +714,8 @@ def with_dropped_capabilities(caps: Iterable[str]) -> SpecOpt:
     return opt
 
 
-_CAP_NAMES = (
+#: capability names by number (containerd ``pkg/cap``, Linux 5.9)
+CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
     "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
@@ -731,8 +733,8 @@ def host_caps() -> list[str]:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last = int(f.read().strip())
     except (OSError, ValueError):
-        last = len(_CAP_NAMES) - 1
-    return list(_CAP_NAMES[:last + 1])
+        last = len(CAPABILITIES) - 1
+    return list(CAPABILITIES[:last + 1])
 
 
 def with_privileged(ctx: SpecContext, spec: Spec) -> None:
