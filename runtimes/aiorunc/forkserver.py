@@ -5,7 +5,8 @@ modules afresh for every container spends ~0.2 s of CPU before it can serve.
 The fork server pays that once: it is started (double-forked, own session,
 stdio on ``/dev/null``, cwd ``/``) by the first ``start`` with
 
-* fd 3: the bound, listening shim socket of that first request,
+* fd 3: the bound, listening shim socket of that first request (absent when the
+  daemon starts it ahead of any container: ``main.warm_forkserver``),
 * fd 4: the bound, listening ``SOCK_SEQPACKET`` abstract socket it answers on
   (``main.forkserver_key``: daemon address + installed shim version), and
 * fd 5: a memfd holding the first request (JSON, see ``main.Options.to_request``),
@@ -365,7 +366,8 @@ def main(argv: list[str]) -> int:
     _one_malloc_arena()
     with open(5, "rb") as f:
         req = json.loads(f.read())
-    sock = socket.socket(fileno=3)
+    # a warm start (``main.warm_forkserver``) passes no first shim socket
+    sock = None if req.get("warm") else socket.socket(fileno=3)
     try:
         listener: socket.socket | None = socket.socket(fileno=4)
     except OSError:
@@ -381,8 +383,9 @@ def main(argv: list[str]) -> int:
     # shims are our children: let the kernel reap them (after preimport, whose helpers
     # wait for their own child processes)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    _spawn(req, sock, None, listener)
-    sock.close()
+    if sock is not None:
+        _spawn(req, sock, None, listener)
+        sock.close()
     if listener is not None:
         try:
             serve(listener, idle, alive=lambda: daemon_alive(req), check=check)

@@ -304,6 +304,53 @@ def _python() -> list[str]:
     return [sys.executable, "-P"]
 
 
+def _bind_and_launch(key: str, req: dict, sock: socket.socket | None) -> bool | None:
+    """Bind the fork server's abstract name ``key`` and launch it (fd 3: ``sock``, when
+    given, is the first shim it forks; fd 4: the bound listener; fd 5: ``req``).
+
+    True when launched, False when the name is taken (a fork server listens, or a
+    concurrent ``start`` is launching one), None when the launch itself failed.
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(key)
+        listener.listen(512)
+    except OSError:
+        listener.close()
+        return False
+    memfd = -1
+    try:
+        memfd = os.memfd_create("aiorunc-request")
+        os.write(memfd, json.dumps(req).encode())
+        os.lseek(memfd, 0, os.SEEK_SET)
+        fds = {4: listener.fileno(), 5: memfd}
+        if sock is not None:
+            fds[3] = sock.fileno()
+        _detached_exec([*_python(), "-m", "aiocontainerd.runtimes.aiorunc.forkserver"], fds)
+        return True
+    except OSError:
+        return None
+    finally:
+        listener.close()
+        if memfd >= 0:
+            os.close(memfd)
+
+
+def warm_forkserver(address: str, ttrpc_address: str, env: dict[str, str]) -> bool:
+    """Launch the fork server of daemon ``address`` now, with no shim to fork yet, so that
+    the first container does not pay its start (~0.2 s of imports). Its lifetime is as
+    usual (idle timeout, exits when the daemon is gone). False when one already listens
+    or it could not be launched."""
+    key = forkserver_key(address)
+    req = {"warm": True, "address": address, "ttrpc_address": ttrpc_address, "env": env,
+           "forkserver": key}
+    conn = _connect_forkserver(key)
+    if conn is not None:
+        conn.close()
+        return False
+    return bool(_bind_and_launch(key, req, None))
+
+
 def launch(opts: Options, req: dict, sock: socket.socket) -> int | None:
     """Hand the bound shim socket ``sock`` to a new serving shim; its pid if known."""
     if os.environ.get("AIORUNC_NO_FORKSERVER") not in (None, "", "0"):
@@ -314,30 +361,15 @@ def launch(opts: Options, req: dict, sock: socket.socket) -> int | None:
     for _attempt in range(50):
         conn = _connect_forkserver(key)
         if conn is None:
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                listener.bind(key)
-                listener.listen(512)
-            except OSError:
-                # a concurrent start bound it just now: let it listen, then ask it
-                listener.close()
-                import time
-                time.sleep(0.01)
-                continue
-            memfd = -1
-            try:
-                memfd = os.memfd_create("aiorunc-request")
-                os.write(memfd, json.dumps(req).encode())
-                os.lseek(memfd, 0, os.SEEK_SET)
-                _detached_exec([*_python(), "-m", "aiocontainerd.runtimes.aiorunc.forkserver"],
-                               {3: sock.fileno(), 4: listener.fileno(), 5: memfd})
-                return None
-            except OSError:
+            launched = _bind_and_launch(key, req, sock)
+            if launched is None:
                 return _launch_plain(opts, sock)
-            finally:
-                listener.close()
-                if memfd >= 0:
-                    os.close(memfd)
+            if launched:
+                return None
+            # a concurrent start bound it just now: let it listen, then ask it
+            import time
+            time.sleep(0.01)
+            continue
         try:
             return _request_forkserver(conn, req, sock, timeout)
         except _Dropped:

@@ -182,3 +182,19 @@ async def start(command: ShimCommand) -> StartResult | None:
     except ValueError:
         max_version = 0
     return StartResult(address, 3) if max_version >= 3 else StartResult(address)
+
+
+async def warm(command: ShimCommand) -> bool:
+    """Start our shim's fork server ahead of the first container (the daemon calls this
+    once it is up): the first ``start`` then finds it warm instead of paying ~0.2 s of
+    imports. Only when ``command.binary`` is our shim and the fast path is on; the fork
+    server keeps its usual lifetime (idle timeout, exits with the daemon). True when one
+    was launched; raises OSError when launching failed."""
+    env = command.environ()
+    if not command.grpc_address or not enabled(command.binary, env):
+        return False
+    from aiocontainerd.runtimes.aiorunc import main as shimmain
+
+    return await asyncio.to_thread(shimmain.warm_forkserver, command.grpc_address,
+                                   command.ttrpc_address, env)
+

@@ -108,3 +108,56 @@ async def test_same_result_as_the_subprocess(tmp_path: Path) -> None:
         for id_, address in started:
             await _shutdown(address, id_)
     await asyncio.sleep(0)
+
+
+def _forkserver_listening(key: str) -> bool:
+    conn = shimmain._connect_forkserver(key)
+    if conn is None:
+        return False
+    conn.close()
+    return True
+
+
+@needs_shim
+@needs_root
+async def test_warm_forkserver_serves_the_first_start_and_leaves_with_the_daemon(tmp_path: Path) -> None:
+    import socket
+
+    cmd = _command(tmp_path, "c1", AIORUNC_FORKSERVER_CHECK="0.5")
+    key = shimmain.forkserver_key(cmd.grpc_address)
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)   # what the fork server watches
+    daemon.bind(cmd.grpc_address)
+    daemon.listen(8)
+    started = None
+    try:
+        assert not _forkserver_listening(key)
+        assert await fastpath.warm(cmd)
+        assert _forkserver_listening(key)          # listening before any container
+        assert not await fastpath.warm(cmd)        # one per daemon: a second warm is a no-op
+        result = await fastpath.start(cmd)         # served by it: no subprocess fallback
+        assert result is not None
+        started = result.address
+        pid = int((Path(cmd.bundle) / "shim.pid").read_text())
+        session, _ = _proc(pid)
+        assert session == pid
+    finally:
+        if started is not None:
+            await _shutdown(started, "c1")
+        daemon.close()
+        os.unlink(cmd.grpc_address)
+    for _ in range(100):                           # the daemon is gone: so is the fork server
+        if not _forkserver_listening(key):
+            break
+        await asyncio.sleep(0.1)
+    assert not _forkserver_listening(key)
+
+
+@needs_shim
+async def test_warm_is_nothing_for_other_shims(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, "c1")
+    other = binary.ShimCommand(binary="/usr/bin/containerd-shim-runc-v2", id="", namespace="",
+                               bundle=cmd.bundle, grpc_address=cmd.grpc_address,
+                               ttrpc_address=cmd.ttrpc_address)
+    assert not await fastpath.warm(other)
+    assert not await fastpath.warm(_command(tmp_path, "c2", AIORUNC_NO_FORKSERVER="1"))
+    assert not _forkserver_listening(shimmain.forkserver_key(cmd.grpc_address))
