@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import betterproto2
@@ -47,6 +47,7 @@ from aiocontainerd.api.google import protobuf as pb
 
 from .process import Container, Process, Stdio
 from .publisher import Publisher, pack_any
+from .runc import RuncError
 
 if TYPE_CHECKING:
     from .reaper import Reaper
@@ -109,6 +110,17 @@ def _write_bundle_options(bundle: str, opts: runcopts.Options) -> None:
         json.dump(data, f)
     with open(os.path.join(bundle, "runtime"), "w") as f:
         f.write(opts.binary_name or "runc")
+
+
+@contextlib.contextmanager
+def _runtime_failed(what: str) -> Iterator[None]:
+    """A failed OCI runtime call as the Go shim's ``runtimeError`` reports it:
+    ``"<what>: <the runtime's own last error>"``, code Unknown (not the runtime's
+    NotFound/AlreadyExists: the daemon and kubelet read it as a failure to run)."""
+    try:
+        yield
+    except RuncError as e:
+        raise errors.ContainerdError(f"{what}: {e.message}") from None
 
 
 def _read_pid(path: str) -> int:
@@ -263,15 +275,18 @@ class TaskService:
                 master = asyncio.ensure_future(console.receive_master())
             try:
                 if r.checkpoint:
-                    await c.runc.restore(r.id, bundle, r.checkpoint, pid_file=pid_file,
-                                         work_path=opts.criu_work_path or None,
-                                         parent_path=r.parent_checkpoint or None,
-                                         console_socket=console, stdio=p.io,
-                                         no_pivot=opts.no_pivot_root)
+                    with _runtime_failed("OCI runtime restore failed"):
+                        await c.runc.restore(r.id, bundle, r.checkpoint, pid_file=pid_file,
+                                             work_path=opts.criu_work_path or None,
+                                             parent_path=r.parent_checkpoint or None,
+                                             console_socket=console, stdio=p.io,
+                                             no_pivot=opts.no_pivot_root)
                 else:
-                    await c.runc.create(r.id, bundle, pid_file=pid_file, console_socket=console,
-                                        stdio=p.io, no_pivot=opts.no_pivot_root,
-                                        no_new_keyring=opts.no_new_keyring)
+                    with _runtime_failed("OCI runtime create failed"):
+                        await c.runc.create(r.id, bundle, pid_file=pid_file, console_socket=console,
+                                            stdio=p.io, no_pivot=opts.no_pivot_root,
+                                            no_new_keyring=opts.no_new_keyring)
+                p.io.start_copying()
                 if master is not None:
                     await p.io.attach_console(await asyncio.wait_for(master, 10))
             finally:
@@ -330,7 +345,8 @@ class TaskService:
         try:
             if p.is_init:
                 try:
-                    await c.runc.start(c.id)
+                    with _runtime_failed("OCI runtime start failed"):
+                        await c.runc.start(c.id)
                 except BaseException:
                     if p.state == "running":
                         p.state = "created"
@@ -367,8 +383,10 @@ class TaskService:
 
                 console = await ConsoleSocket.create()
                 master = asyncio.ensure_future(console.receive_master())
-            await c.runc.exec(c.id, spec_path, pid_file=pid_file, console_socket=console,
-                              stdio=p.io, detach=True)
+            with _runtime_failed("OCI runtime exec failed"):
+                await c.runc.exec(c.id, spec_path, pid_file=pid_file, console_socket=console,
+                                  stdio=p.io, detach=True)
+            p.io.start_copying()
             if master is not None:
                 await p.io.attach_console(await asyncio.wait_for(master, 10))
             p.pid = _read_pid(pid_file)

@@ -39,6 +39,7 @@ Example::
     pio = await open_stdio(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr,
                            terminal=False, id="c1", namespace="default", reaper=reaper)
     await runc.create("c1", bundle, pid_file=pidfile, stdio=pio)   # calls close_after_start()
+    pio.start_copying()
     ...
     exit_status = await reaper.watch(pid)
     await pio.wait(timeout=2)      # output fully copied
@@ -190,8 +191,9 @@ class ProcessIO:
     """The shim's side of one process's stdio; made by :func:`open_stdio`.
 
     Lifecycle: :meth:`child_stdio` fds go to ``runc create``/``exec``, then
-    :meth:`close_after_start` (``Runc`` calls it when given the ProcessIO);
-    for a TTY, :meth:`attach_console` with the received master; after the
+    :meth:`close_after_start` (``Runc`` calls it when given the ProcessIO); once the
+    runtime succeeded, :meth:`start_copying` (for a TTY, :meth:`attach_console` with
+    the received master); after the
     process exited, :meth:`wait` for the output, then :meth:`close`.
     """
 
@@ -216,6 +218,7 @@ class ProcessIO:
         self._master: int | None = None
         self._logger: Child | None = None
         self._devnull: int | None = None
+        self._copying = False
         self._closed = False
 
     # -- setup helpers (used by open_stdio) ----------------------------------------
@@ -354,7 +357,15 @@ class ProcessIO:
 
     # -- copying ---------------------------------------------------------------------
 
-    def _start_copies(self) -> None:
+    def start_copying(self) -> None:
+        """Start copying output to the sinks and stdin to the process: call it once the
+        runtime's ``create``/``exec`` succeeded (the Go shim's ``processIO.Copy`` order).
+        What the runtime itself wrote to stdout/stderr when it failed is then dropped with
+        the pipes instead of reaching the client's FIFOs or the CRI log, as with containerd.
+        Idempotent; a binary logger reads its pipes itself from the start."""
+        if self._copying:
+            return
+        self._copying = True
         for src, sink in self._out_sources:
             self._tasks.append(asyncio.ensure_future(self._copy_out(src, sink, close_src=True)))
         if self._stdin_src is not None and self._stdin_dst is not None:
@@ -499,7 +510,6 @@ async def _setup(pio: ProcessIO, scheme: str, id: str, namespace: str, reaper: R
             chown(w)
             _set_nonblocking(r)
             pio._out_sources.append((r, sink))
-        pio._start_copies()
         return
 
     # binary logger
@@ -514,7 +524,6 @@ async def _setup(pio: ProcessIO, scheme: str, id: str, namespace: str, reaper: R
             pio._out_sources.append((r, sink))
     else:
         await _start_logger(pio, scheme, id, namespace, reaper, chown)
-    pio._start_copies()
 
 
 def _fifo_path(path: str) -> str:

@@ -289,6 +289,7 @@ class TaskManager:
         self._tasks: dict[tuple[str, str], Task] = {}
         self._busy: set[tuple[str, str]] = set()
         self.collector: Any = None   #: the cgroups Prometheus collector, when metrics are served
+        self._warming: asyncio.Task[None] | None = None   #: :meth:`warm` started by the plugin
 
     # -- resolution and options ---------------------------------------------------------------
 
@@ -383,8 +384,12 @@ class TaskManager:
             start = await _start_shim(command, options)
             _write_start(bundle, start.address, binary)   # two small files: no worker thread
             shim = await Shim.connect(bundle, command, start, log_=shim_log)
-            await shim.create(rootfs=mounts, stdin=stdin, stdout=stdout, stderr=stderr,
-                              terminal=terminal, options=options, checkpoint=checkpoint)
+            try:
+                await shim.create(rootfs=mounts, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  terminal=terminal, options=options, checkpoint=checkpoint)
+            except ContainerdError as e:
+                # containerd's wording, same code: "failed to create shim task: OCI runtime ..."
+                raise type(e)(f"failed to create shim task: {e.message}") from None
         except BaseException as e:
             log.warning("failed to create task", extra={"fields": {
                 "id": container.id, "namespace": namespace, "runtime": runtime, "error": str(e)}})
@@ -639,10 +644,25 @@ class TaskManager:
                 out.append((task.namespace, task.id, msg))
         return out
 
+    async def warm(self, runtime: str = binary_.AIORUNC_RUNTIMES[0]) -> None:
+        """Have the shim of ``runtime`` ready before the first task (our shim's fork server,
+        :func:`.fastpath.warm`); nothing for other shims. Never raises: a cold start is
+        only slower."""
+        try:
+            binary = self.resolve(runtime)
+            await fastpath.warm(ShimCommand(
+                binary=binary, id="", namespace="", bundle=str(self.state),
+                grpc_address=self.grpc_address, ttrpc_address=self.ttrpc_address,
+                debug=self.debug, env=tuple(self.config.env)))
+        except (ContainerdError, OSError) as e:
+            log.debug("shim not warmed", extra={"fields": {"runtime": runtime, "error": str(e)}})
+
     # -- shutdown ---------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Disconnect from every shim; the shims and their containers keep running."""
+        if self._warming is not None:
+            self._warming.cancel()
         if self.collector is not None:
             self.collector.close()
             self.collector = None
@@ -724,6 +744,8 @@ async def _init(ctx: InitContext) -> TaskManager:
                           debug=logging.getLogger("aiocontainerd").isEnabledFor(logging.DEBUG))
     ctx.exports["log-uri-schemes"] = "fifo,binary,file"
     await manager.load()
+    # in the background: the daemon serves meanwhile, the first task finds the shim warm
+    manager._warming = asyncio.ensure_future(manager.warm())
     daemon_metrics = getattr(ctx, "metrics", None)
     if daemon_metrics is not None:
         try:

@@ -75,6 +75,16 @@ def test_run_rm_exit_status(rig: Rig) -> None:
     assert_gone(rig, "c2")
 
 
+def test_run_of_a_missing_binary_fails_as_containerd_words_it(rig: Rig) -> None:
+    r = rig.run("c5", "/nonexistent")
+    assert r.returncode != 0
+    # the runtime's own error text is the error, not the container's output
+    assert r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.startswith("ctr: failed to create shim task: OCI runtime create failed: "), r.stderr
+    assert "/nonexistent" in r.stderr
+    assert_gone(rig, "c5")
+
+
 def _metric(output: str, *names: str) -> int:
     for name in names:
         m = re.search(rf"^{re.escape(name)}\s+(\d+)\s*$", output, re.M)

@@ -142,6 +142,8 @@ async def run_to_exit(env: Env, cid: str, bundle: Path, pio: ProcessIO | None) -
     runc = env.runc(bundle)
     pid_file = str(bundle / "init.pid")
     await runc.create(cid, str(bundle), pid_file=pid_file, stdio=pio)
+    if pio is not None:
+        pio.start_copying()
     exited = env.reaper.watch(read_pid_file(pid_file))
     await runc.start(cid)
     status = await asyncio.wait_for(exited, 20)
@@ -249,6 +251,7 @@ async def test_stdin_close_io(env: Env) -> None:
     runc = env.runc(bundle)
     pid_file = str(bundle / "init.pid")
     await runc.create(cid, str(bundle), pid_file=pid_file, stdio=pio)
+    pio.start_copying()
     exited = env.reaper.watch(read_pid_file(pid_file))
     await runc.start(cid)
     w = os.open(inp, os.O_WRONLY | os.O_NONBLOCK)
@@ -279,6 +282,7 @@ async def test_exec(env: Env) -> None:
     pio, rout, _rerr, _ = await fifo_io(env, f"{cid}-e1")
     exec_pid_file = str(bundle / "exec1.pid")
     await runc.exec(cid, str(spec_path), pid_file=exec_pid_file, stdio=pio, detach=True)
+    pio.start_copying()
     status = await asyncio.wait_for(env.reaper.watch(read_pid_file(exec_pid_file)), 10)
     assert status == 0
     await pio.wait(timeout=10)
@@ -304,6 +308,7 @@ async def test_tty_through_console_socket(env: Env) -> None:
     sock = await ConsoleSocket.create(str(env.base))
     try:
         await runc.create(cid, str(bundle), pid_file=pid_file, console_socket=sock, stdio=pio)
+        pio.start_copying()
         master = await asyncio.wait_for(sock.receive_master(), 10)
     finally:
         sock.close()

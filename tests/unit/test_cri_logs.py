@@ -363,6 +363,7 @@ async def run(reaper: Reaper, pio: ProcessIO, argv: list[str]) -> int:
     fds = [DEVNULL if fd is None else fd for fd in pio.child_stdio()]
     child = await reaper.spawn(argv, stdin=fds[0], stdout=fds[1], stderr=fds[2])
     pio.close_after_start()
+    pio.start_copying()   # the runtime succeeded
     return await asyncio.wait_for(child.wait(), 20)
 
 

@@ -52,6 +52,7 @@ async def run(reaper: Reaper, pio: ProcessIO, argv: list[str]) -> int:
     fds = [subprocess_fd(fd) for fd in pio.child_stdio()]
     child = await reaper.spawn(argv, stdin=fds[0], stdout=fds[1], stderr=fds[2])
     pio.close_after_start()
+    pio.start_copying()   # the runtime succeeded
     return await asyncio.wait_for(child.wait(), 20)
 
 
@@ -88,6 +89,7 @@ async def test_open_does_not_block_without_client(reaper: Reaper, tmp_path: Path
         child = await reaper.spawn(["sh", "-c", "echo late"], stdin=child_fds[0],
                                    stdout=child_fds[1], stderr=child_fds[2])
         pio.close_after_start()
+        pio.start_copying()   # the runtime succeeded
         await child.wait()
         await pio.close_stdin()
         await pio.wait(timeout=5)
@@ -119,6 +121,7 @@ async def test_stdin_and_close_io(reaper: Reaper, tmp_path: Path) -> None:
         fds = [subprocess_fd(fd) for fd in pio.child_stdio()]
         child = await reaper.spawn(["cat"], stdin=fds[0], stdout=fds[1], stderr=fds[2])
         pio.close_after_start()
+        pio.start_copying()   # the runtime succeeded
         w = os.open(tmp_path / "in", os.O_WRONLY | os.O_NONBLOCK)
         os.write(w, b"one\n")
         os.close(w)                     # the client goes away: cat must not see EOF yet
@@ -178,6 +181,7 @@ async def test_wait_timeout(reaper: Reaper, tmp_path: Path) -> None:
     fds = [subprocess_fd(fd) for fd in pio.child_stdio()]
     child = await reaper.spawn(["sleep", "30"], stdin=fds[0], stdout=fds[1], stderr=fds[2])
     pio.close_after_start()
+    pio.start_copying()   # the runtime succeeded
     try:
         with pytest.raises(TimeoutError):
             await pio.wait(timeout=0.2)
