@@ -3,7 +3,9 @@
 Follows Go's ``containerd-shim-runc-v2`` ``manager.Stop``: read the runtime
 binary (``<bundle>/runtime``) and options (``<bundle>/options.json``) that
 Create wrote, run ``<runtime> --root <root>/<namespace> delete --force <id>``,
-unmount ``<bundle>/rootfs`` recursively and answer a
+unmount ``<bundle>/rootfs`` recursively, remove the shim's socket when nothing
+listens on it any more (a killed shim cannot remove it itself; Go's shim leaves
+it behind) and answer a
 ``containerd.task.v2.DeleteResponse`` with exit status ``128 + SIGKILL``,
 ``exited_at`` now and the pid from ``<bundle>/init.pid`` (0 when unreadable).
 Errors of the runtime or the unmount are logged to stderr, not fatal.
@@ -64,6 +66,7 @@ def delete_bundle(bundle: str, id: str, namespace: str) -> bytes:
         unmount_blocking(os.path.join(bundle, "rootfs"), recursive=True)
     except OSError as e:
         sys.stderr.write(f"failed to cleanup rootfs mount: {e}\n")
+    remove_dead_socket(bundle)
     pid = 0
     try:
         with open(os.path.join(bundle, "init.pid")) as f:
@@ -71,3 +74,35 @@ def delete_bundle(bundle: str, id: str, namespace: str) -> bytes:
     except (OSError, ValueError):
         pass
     return bytes(DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL, exited_at=timestamp()))
+
+
+def remove_dead_socket(bundle: str) -> None:
+    """Unlink the socket named by ``<bundle>/address`` when no shim accepts on it.
+
+    The socket may be shared by the containers of a group (one shim per pod): it is
+    removed only when the connection is refused, i.e. its shim is gone for all of them.
+    """
+    import socket
+
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            address = f.read().strip()
+    except OSError:
+        return
+    if not address.startswith("unix://"):
+        return
+    path = address[len("unix://"):]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(1)
+        s.connect(path)
+    except ConnectionRefusedError:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    except OSError:
+        pass   # absent, or busy (a live shim with a full backlog): leave it
+    finally:
+        s.close()
+

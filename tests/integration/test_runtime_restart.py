@@ -99,6 +99,9 @@ def _dead_shim_events(events: list[Event], id: str) -> list[tuple[str, object]]:
 def test_killed_shim_task_stopped_and_cleaned(rig: Rig) -> None:
     pid = start_c3(rig)
     (shim,) = rig.shim_pids("c3")
+    socket_path = (rig.bundle("c3") / "address").read_text().strip().removeprefix("unix://")
+    with open(f"/proc/{shim}/comm") as f:
+        ours = f.read().strip() == "aiorunc-shim"
     w = rig.watch_events()
     os.kill(shim, signal.SIGKILL)
     events = w.wait_for(lambda evs: any(t == "/tasks/delete" for t, _ in _dead_shim_events(evs, "c3")))
@@ -108,6 +111,8 @@ def test_killed_shim_task_stopped_and_cleaned(rig: Rig) -> None:
     assert rig.tasks().get("c3", (0, "STOPPED"))[1] == "STOPPED"
     assert wait_until(lambda: not alive(pid)), "the container outlived its killed shim's cleanup"
     assert_cleaned(rig, "c3")
+    if ours:   # our shim's `delete` also removes the dead shim's socket (Go's leaves it)
+        assert not os.path.exists(socket_path), socket_path
     assert "c3" in rig.containers()           # the container record stays; it can be removed
     rig.ctr("containers", "rm", "c3")
     assert "c3" not in rig.containers()
