@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
+from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
 from ..client import Client, _call
 from ..client.images import Progress
@@ -49,6 +50,14 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _quiet_protocol_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: a peer that does not speak HTTP/2 gRPC makes the
+    connection fail (reported once, as an error of the command), not a traceback."""
+    if "data_received() call failed" in str(context.get("message", "")):
+        return
+    loop.default_exception_handler(context)
+
+
 def _run(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     """Run an async command with a connected Client as its first argument."""
 
@@ -56,6 +65,7 @@ def _run(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(obj: dict[str, str], *args: Any, **kwargs: Any) -> Any:
         async def go() -> Any:
+            asyncio.get_running_loop().set_exception_handler(_quiet_protocol_errors)
             async with Client(obj["address"], namespace=obj["namespace"]) as client:
                 return await fn(client, *args, **kwargs)
 
@@ -68,6 +78,10 @@ def _run(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
             raise SystemExit(0) from None
         except (ConnectionError, FileNotFoundError) as e:
             raise click.ClickException(f"cannot connect to {obj['address']}: {e}") from None
+        except (StreamTerminatedError, ProtocolError) as e:
+            # something listens there, but not a gRPC server (a ttrpc socket, say)
+            raise click.ClickException(
+                f"{obj['address']} does not answer the containerd API (gRPC): {e}") from None
 
     return wrapper
 
