@@ -228,9 +228,24 @@ async def test_events_of_a_run(rd: RuntimeDaemon) -> None:
         assert isinstance(exit_event, ev.TaskExit) and exit_event.container_id == "c7"
 
 
-async def test_not_unpacked_image_is_refused(rd: RuntimeDaemon) -> None:
+async def test_not_unpacked_image_is_unpacked_on_the_fly(rd: RuntimeDaemon) -> None:
+    """As ``ctr run --snapshotter native`` after a pull that unpacked into overlayfs only."""
+    from aiocontainerd.client.images import resolve_image
+
+    native = ["--namespace", "default", "snapshots", "--snapshotter", "native"]
     async with rd.client() as client:
-        with pytest.raises(FailedPrecondition):
-            await client.containers.new_container("c8", rd.ref, snapshotter="native")
+        image = await resolve_image(client.images, rd.ref)
+        top = image.chain_ids[-1]
+        assert top not in rd.ctr(*native, "ls").stdout
+        code, out, err = await _run(client, rd.ref, "c8", "cat", "/etc/hostname-or-not", "/bin/busybox",
+                                    snapshotter="native")
+        assert code == 1 and len(out) > 100_000, err      # busybox itself, from the native snapshot
+        rows = {line.split()[0]: line.split()[-1] for line in rd.ctr(*native, "ls").stdout.splitlines()[1:]}
+        assert rows.get(top) == "Committed", rows            # the chain stays for the next run...
+        info = rd.ctr("--namespace", "default", "content", "ls").stdout
+        assert f"containerd.io/gc.ref.snapshot.native={top}" in info   # ...held by the image
+        assert not [k for k in rows if k.startswith("extract-")], rows
+        code, out, _ = await _run(client, rd.ref, "c8b", "echo", "again", snapshotter="native")
+        assert (code, out) == (0, b"again\n")
         with pytest.raises(NotFound):
             await client.containers.new_container("c9", "example.com/missing:1")

@@ -10,7 +10,8 @@ its root filesystem. Nothing runs until a task is created from it
 :meth:`Containers.new_container` does what ``ctr run IMAGE ID`` does before
 starting anything: it resolves the image's manifest for this platform, reads
 its config, checks the image is unpacked in the snapshotter (our pull unpacks
-by default; a missing chain is FailedPrecondition), prepares the writable
+by default) and unpacks it there from the client when it is not
+(:mod:`.unpack`, as ``ctr run`` does), prepares the writable
 snapshot ``ID`` on the top chain ID, generates the spec from the image config
 (user names resolved from the snapshot's ``/etc/passwd``), and creates the
 record, all under a temporary lease so the garbage collector cannot take the
@@ -51,7 +52,7 @@ from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..mount import Mount
 from ..services.context import LEASE_HEADER
 from . import cio
-from .images import Images, _call, image_config
+from .images import Images, ResolvedImage, _call, resolve_image
 
 if TYPE_CHECKING:
     from .tasks import Task, Tasks
@@ -182,13 +183,6 @@ class Container:
         await self._containers.delete(self.id)
 
 
-@dataclasses.dataclass(frozen=True)
-class _ImageFacts:
-    name: str
-    config: dict[str, Any]
-    chain_id: str
-
-
 class Containers:
     """The Containers service for the client's namespace (see the module doc)."""
 
@@ -268,8 +262,8 @@ class Containers:
 
     # -- from an image ------------------------------------------------------------------------
 
-    async def _image(self, name: str, platform: str) -> _ImageFacts:
-        return _ImageFacts(*await image_config(self._images, name, platform))
+    async def _image(self, name: str, platform: str) -> ResolvedImage:
+        return await resolve_image(self._images, name, platform)
 
     @contextlib.asynccontextmanager
     async def _lease(self) -> Any:
@@ -307,8 +301,9 @@ class Containers:
         ``args`` replaces the image's entrypoint and command; ``env`` (``K=V``, or ``K``
         to unset) applies over the image's Env; ``mounts`` are runtime-spec mount objects
         or ``--mount`` strings; ``labels`` go over the image config's labels;
-        ``spec_opts`` are applied last. Raises NotFound (image), FailedPrecondition
-        (not unpacked in ``snapshotter``), AlreadyExists (container or snapshot ``id``).
+        ``spec_opts`` are applied last. The image is unpacked into ``snapshotter`` first
+        when it is not there yet. Raises NotFound (image, layer blob), InvalidArgument
+        (a layer that is not its diff ID), AlreadyExists (container or snapshot ``id``).
         """
         facts = await self._image(image, platform)
         config_labels = dict((facts.config.get("config") or {}).get("Labels") or {})
@@ -333,15 +328,18 @@ class Containers:
         opts += list(spec_opts)
         async with self._lease() as lease:
             snapshots = self._snapshots(lease)
+            chain_id = facts.chain_ids[-1]
             try:
                 await _call(snapshots.stat(snapshots_api.StatSnapshotRequest(
-                    snapshotter=snapshotter, key=facts.chain_id)))
+                    snapshotter=snapshotter, key=chain_id)))
             except NotFound:
-                raise FailedPrecondition(
-                    f"image {facts.name} is not unpacked in snapshotter {snapshotter} "
-                    f"(chain {facts.chain_id}): pull it with unpacking") from None
+                # not unpacked there yet: unpack it now, as ctr run does
+                from .unpack import unpack
+
+                await unpack(self._channel, self._metadata, facts, snapshotter, lease=lease,
+                             call_timeout=self._timeout)
             r = await _call(snapshots.prepare(snapshots_api.PrepareSnapshotRequest(
-                snapshotter=snapshotter, key=id, parent=facts.chain_id)))
+                snapshotter=snapshotter, key=id, parent=chain_id)))
             rootfs = [Mount(m.type, m.source, tuple(m.options), m.target) for m in r.mounts]
             try:
                 spec = await self._spec_with_rootfs(id, rootfs, opts)

@@ -637,16 +637,39 @@ async def image_config(images: Images, name: str, platform: str = "") -> tuple[s
     Raises NotFound (image, content, or no manifest for the platform), InvalidArgument (not an
     image, or no layers).
     """
+    r = await resolve_image(images, name, platform)
+    return r.name, r.config, r.chain_ids[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedImage:
+    """One platform's manifest of an image: the config blob (descriptor and parsed JSON),
+    the layer descriptors in order, their diff IDs and chain IDs (OCI image-spec config.md)."""
+
+    name: str
+    config_desc: Descriptor
+    config: dict[str, Any]
+    layers: list[Descriptor]
+    diff_ids: list[str]
+    chain_ids: list[str]
+
+
+async def resolve_image(images: Images, name: str, platform: str = "") -> ResolvedImage:
+    """Image ``name``'s manifest for ``platform`` (default: this host's); see :class:`ResolvedImage`.
+
+    Raises NotFound (image, content, or no manifest for the platform), InvalidArgument (not an
+    image, no layers, or layers and diff IDs that do not pair up).
+    """
     import json
 
     from ..images.unpack import chain_ids
     from ..remotes import limits, platforms
     from ..remotes import mediatypes as mt
-    from ..remotes.descriptor import Descriptor
+    from ..remotes.descriptor import Descriptor as RDescriptor
 
     image = await images.get(name)
     t = image.target
-    desc = Descriptor(t.media_type, t.digest, t.size)
+    desc = RDescriptor(t.media_type, t.digest, t.size)
     matcher = platforms.matcher_for([platform] if platform else [])
     while mt.is_index(desc.media_type):
         kids = limits.children(desc, await _call(_read_blob(images, desc.digest)))
@@ -656,9 +679,14 @@ async def image_config(images: Images, name: str, platform: str = "") -> tuple[s
         desc = best[0]
     if not mt.is_manifest(desc.media_type):
         raise InvalidArgument(f"{name}: {desc.media_type} is not an image manifest")
-    config_desc = limits.children(desc, await _call(_read_blob(images, desc.digest)))[0]
+    config_desc, *layers = limits.children(desc, await _call(_read_blob(images, desc.digest)))
     config = json.loads(await _call(_read_blob(images, config_desc.digest)))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if not diff_ids:
         raise InvalidArgument(f"{name}: the image has no layers")
-    return image.name, config, chain_ids(diff_ids)[-1]
+    if len(diff_ids) != len(layers):
+        raise InvalidArgument(f"{name}: {len(layers)} layers but {len(diff_ids)} diff IDs in its config")
+    return ResolvedImage(
+        image.name, Descriptor(config_desc.media_type, config_desc.digest, config_desc.size), config,
+        [Descriptor(d.media_type, d.digest, d.size, annotations=dict(d.annotations or {})) for d in layers],
+        diff_ids, chain_ids(diff_ids))
