@@ -4,7 +4,8 @@ kubelet's ``k8s.io/kubelet/pkg/cri/streaming`` re-made on aiohttp: SPDY/3.1
 (``spdy``) and WebSocket channel protocols, remotecommand (exec/attach) and
 portforward. The CRI plugin creates a :class:`StreamingServer` with its
 :class:`StreamRuntime`, starts it, and answers the RPCs with
-``server.get_exec(req)`` / ``get_attach(req)`` / ``get_port_forward(req)``.
+``server.get_exec(req)`` / ``get_attach(req)`` / ``get_port_forward(req)``. aiohttp (the
+HTTP side, ``handlers``) is imported when the first client connects, not with this package.
 """
 
 from .runtime import (

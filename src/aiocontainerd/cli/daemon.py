@@ -12,6 +12,7 @@ Exit status: 0 after a clean stop, 1 when the config is invalid or start-up fail
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -19,8 +20,7 @@ import logging
 import os
 import signal
 import sys
-
-import click
+from collections.abc import Sequence
 
 from .. import builtins, log
 from ..config import Config, ConfigError, dump, load
@@ -30,6 +30,10 @@ from ..plugin import PluginError
 
 logger = logging.getLogger("aiocontainerd")
 DEFAULT_CONFIG = "/etc/aiocontainerd/config.toml"
+
+
+class Failed(Exception):
+    """The command failed: its message goes to stderr as ``Error: <message>``, exit status 1."""
 
 
 async def _serve(config: Config) -> None:
@@ -47,26 +51,15 @@ async def _serve(config: Config) -> None:
     logger.info("aiocontainerd stopped")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-              help=f"TOML config file (containerd version-3 shape) [default: {DEFAULT_CONFIG} if it exists].")
-@click.option("--root", help="Persistent data folder (overrides config 'root').")
-@click.option("--state", help="Runtime state folder (overrides config 'state').")
-@click.option("--address", "-a", help="gRPC unix socket path (overrides [grpc] address).")
-@click.option("--log-level", "-l", type=click.Choice(sorted(log.LEVELS)),
-              help="Log level (overrides [debug] level).")
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None, root: str | None, state: str | None,
-         address: str | None, log_level: str | None) -> None:
-    """aiocontainerd: containerd re-made in Python on one asyncio event loop."""
-    if ctx.invoked_subcommand is not None:
-        return
+def run(config_path: str | None, root: str | None, state: str | None, address: str | None,
+        log_level: str | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (the command without a subcommand)."""
     if config_path is None and os.path.exists(DEFAULT_CONFIG):
         config_path = DEFAULT_CONFIG
     try:
         config = load(config_path, builtins.config_types())
     except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+        raise Failed(str(e)) from None
     if root:
         config.root = root
     if state:
@@ -80,31 +73,63 @@ def main(ctx: click.Context, config_path: str | None, root: str | None, state: s
         asyncio.run(_serve(config))
     except (StartError, PluginError, SchemaError) as e:
         logger.critical(str(e))
-        raise click.ClickException(str(e)) from None
+        raise Failed(str(e)) from None
     except Exception as e:  # a plugin's unexpected failure during start
         logger.critical("daemon failed", exc_info=True)
-        raise click.ClickException(str(e)) from None
+        raise Failed(str(e)) from None
 
 
-@main.group()
-def config() -> None:
-    """Configuration helpers."""
-
-
-@config.command("default")
 def config_default() -> None:
     """Print the complete default configuration as TOML."""
-    click.echo(dump(Config(), builtins.config_types()), nl=False)
+    sys.stdout.write(dump(Config(), builtins.config_types()))
 
 
-@config.command("validate")
-@click.argument("path", type=click.Path(dir_okay=False))
 def config_validate(path: str) -> None:
     """Check a config file (and its imports); print nothing and exit 0 when valid."""
     try:
         load(path, builtins.config_types())
     except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+        raise Failed(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (argparse, not click: an idle daemon should not hold a CLI toolkit)."""
+    p = argparse.ArgumentParser(
+        prog="aiocontainerd",
+        description="aiocontainerd: containerd re-made in Python on one asyncio event loop.")
+    p.add_argument("--config", "-c", dest="config_path", metavar="FILE",
+                   help="TOML config file (containerd version-3 shape) "
+                        f"[default: {DEFAULT_CONFIG} if it exists].")
+    p.add_argument("--root", help="Persistent data folder (overrides config 'root').")
+    p.add_argument("--state", help="Runtime state folder (overrides config 'state').")
+    p.add_argument("--address", "-a", help="gRPC unix socket path (overrides [grpc] address).")
+    p.add_argument("--log-level", "-l", choices=sorted(log.LEVELS), metavar="LEVEL",
+                   help="Log level: %(choices)s (overrides [debug] level).")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    config = commands.add_parser("config", help="Configuration helpers.",
+                                 description="Configuration helpers.")
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    config_commands.add_parser("default", help=config_default.__doc__, description=config_default.__doc__)
+    validate = config_commands.add_parser("validate", help=config_validate.__doc__,
+                                          description=config_validate.__doc__)
+    validate.add_argument("path")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``aiocontainerd`` command; returns its exit status."""
+    args = parser().parse_args(argv)
+    try:
+        if args.command is None:
+            run(args.config_path, args.root, args.state, args.address, args.log_level)
+        elif args.config_command == "default":
+            config_default()
+        else:
+            config_validate(args.path)
+    except Failed as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

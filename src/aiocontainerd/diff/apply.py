@@ -86,11 +86,11 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -382,14 +382,20 @@ def _running_in_userns() -> bool:
     return running_in_userns()
 
 
+_DECIMAL_TIME = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?")
+
+
 def _pax_time_ns(value: str | None) -> int | None:
-    """A PAX time record (``seconds[.fraction]``) in nanoseconds, exactly; None if absent/bad."""
+    """A PAX time record (``seconds[.fraction]``) in nanoseconds, exactly (digits past the
+    ninth truncated toward zero); None if absent/bad."""
     if not value:
         return None
-    try:
-        return int(Decimal(value) * 1_000_000_000)
-    except (InvalidOperation, ValueError):
+    m = _DECIMAL_TIME.fullmatch(value.strip())
+    if m is None or not (m.group(2) or m.group(3)):
         return None
+    sign, whole, frac = m.groups()
+    ns = int(whole or 0) * 1_000_000_000 + int(((frac or "") + "000000000")[:9])
+    return -ns if sign == "-" else ns
 
 
 def _bound(ns: int) -> int:
@@ -401,7 +407,8 @@ def _entry_times(ti: tarfile.TarInfo) -> tuple[int, int]:
     """(atime, mtime) in ns for an entry: atime is the later of the two (containerd's latestTime)."""
     mtime = _pax_time_ns(ti.pax_headers.get("mtime"))
     if mtime is None:
-        mtime = int(Decimal(str(ti.mtime)) * 1_000_000_000)
+        mtime = (ti.mtime * 1_000_000_000 if isinstance(ti.mtime, int)
+                 else _pax_time_ns(repr(ti.mtime)) or int(ti.mtime * 1_000_000_000))
     atime = _pax_time_ns(ti.pax_headers.get("atime"))
     if atime is None or atime < mtime:
         atime = mtime
