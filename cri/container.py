@@ -515,9 +515,22 @@ class ContainerRPCs:
                     await plugin.metadata.containers.delete(self._ns, id_)
             undo.append(rm_record)
         finally:
-            with contextlib.suppress(Exception):
-                await plugin.metadata.leases.delete(self._ns, lease)
+            # the lease only kept the snapshot from the collector until the record (or the
+            # undo) took over: it goes in the background, not on the RPC's critical path
+            self._in_background(self._delete_lease(lease), f"cri-lease-{id_[:12]}")
         return record
+
+    async def _delete_lease(self, lease: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.plugin.metadata.leases.delete(self._ns, lease)
+
+    def _in_background(self, work: Any, name: str) -> None:
+        """Run ``work`` (a coroutine that never raises) as a task kept until it ends."""
+        tasks: set[asyncio.Task[Any]] = self.__dict__.setdefault("_cri_background", set())
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @staticmethod
     def _image_record_name(ref: str, image: Any) -> str:

@@ -42,7 +42,8 @@ StopPodSandbox(id): unknown ID → success. Every container of the pod is stoppe
 (SIGKILL at once, as containerd's timeout 0), the pause task killed and
 deleted, ``/dev/shm`` unmounted, CNI DEL (retried; the netns is removed only
 after DEL succeeded, so neither a netns nor a lease leaks; an error is raised
-for kubelet to retry), the netns removed; state NOTREADY, CONTAINER_STOPPED.
+for kubelet to retry), the netns removed — the pause task's kill and delete
+overlapping the shm/network teardown; state NOTREADY, CONTAINER_STOPPED.
 
 RemovePodSandbox(id): unknown ID → success. Stops first when needed, removes
 every container of the pod, the pause container record and snapshot, the
@@ -453,24 +454,35 @@ class SandboxRPCs:
         for c in self.state.sandbox_containers(record.id):
             if c.state != CONTAINER_EXITED:
                 await self._stop_pod_container(c)
-        await self._kill_and_delete_task(record.id)
         was_ready = record.state == SANDBOX_READY
         changed = record.state != SANDBOX_NOTREADY
-        if changed:
-            record.state = SANDBOX_NOTREADY
-            record.pid = 0
-            record.exited_at = record.exited_at or time.time_ns()
-        # shm, network and the saved record are done once per daemon life: a stop (or the
-        # stop inside RemovePodSandbox) after a complete one skips a second CNI DEL; after a
-        # failed one (or a restart) everything is done again
-        stopped = self.__dict__.setdefault("_sandboxes_stopped", set())
-        if record.id not in stopped or changed:
+
+        async def pause_task() -> None:
+            await self._kill_and_delete_task(record.id)
+            if changed:
+                record.state = SANDBOX_NOTREADY
+                record.pid = 0
+                record.exited_at = record.exited_at or time.time_ns()
+
+        async def network() -> None:
             await _unmount(os.path.join(record.state_dir, "shm"))
             if record.netns_path:
                 await self.teardown_network(record)
                 await netns_.remove(record.netns_path)
+
+        # shm, network and the saved record are done once per daemon life: a stop (or the
+        # stop inside RemovePodSandbox) after a complete one skips a second CNI DEL; after a
+        # failed one (or a restart) everything is done again. The pause task's kill and
+        # delete (a shim round trip or two) and the CNI DEL (plugin processes) do not depend
+        # on each other — the netns is a bind mount, not the pause process's — so they
+        # overlap; the record is saved once both are done.
+        stopped = self.__dict__.setdefault("_sandboxes_stopped", set())
+        if record.id not in stopped or changed:
+            await _concurrently(pause_task(), network())
             await self.state.save_sandbox(record)
             stopped.add(record.id)
+        else:
+            await pause_task()
         if was_ready:
             self.state.container_event(record.id, api.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
@@ -549,13 +561,19 @@ class SandboxRPCs:
 
     async def _remove_sandbox_record(self, record: SandboxRecord) -> None:
         ns = self.state.namespace
-        with contextlib.suppress(NotFound):
-            await self.plugin.metadata.containers.delete(ns, record.id)
-        sn = self.plugin.metadata.snapshotters.get(record.snapshotter)
-        if sn is not None and record.snapshot_key:
+
+        async def delete_record() -> None:
             with contextlib.suppress(NotFound):
-                await sn.remove(ns, record.snapshot_key)
-        await asyncio.to_thread(_remove_dirs, record)
+                await self.plugin.metadata.containers.delete(ns, record.id)
+
+        async def remove_snapshot() -> None:
+            sn = self.plugin.metadata.snapshotters.get(record.snapshotter)
+            if sn is not None and record.snapshot_key:
+                with contextlib.suppress(NotFound):
+                    await sn.remove(ns, record.snapshot_key)
+
+        # independent: the record, the snapshot and the folders go at the same time
+        await _concurrently(delete_record(), remove_snapshot(), asyncio.to_thread(_remove_dirs, record))
         self.state.remove_sandbox(record.id)
         self.__dict__.get("_sandboxes_stopped", set()).discard(record.id)
 

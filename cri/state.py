@@ -162,6 +162,23 @@ def _decode(value: TypedValue) -> dict[str, Any]:
     return data["Metadata"]
 
 
+def _record_json(record: SandboxRecord | ContainerRecord) -> dict[str, Any]:
+    """``record``'s fields as JSON values, ``config`` as its protobuf JSON (``to_dict``).
+
+    Saved on every state change, so kept cheap: the values are the record's own (not the
+    deep copies ``dataclasses.asdict`` makes; the result is only serialised, never changed),
+    and the config's ``to_dict`` — about a millisecond, betterproto2 resolves the type
+    hints of every message on each call — is done once per config object and kept on the
+    record (the config of a record is never changed in place, only replaced).
+    """
+    d = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    cached = record.__dict__.get("_config_json")
+    if cached is None or cached[0] is not record.config:
+        cached = record.__dict__["_config_json"] = (record.config, record.config.to_dict())
+    d["config"] = cached[1]
+    return d
+
+
 @dataclasses.dataclass
 class SandboxRecord:
     """One pod sandbox (containerd's ``sandboxstore.Metadata`` + ``Status``).
@@ -219,9 +236,7 @@ class SandboxRecord:
                 else api.PodSandboxState.SANDBOX_NOTREADY)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(dataclasses.replace(self, config=api.PodSandboxConfig()))
-        d["config"] = self.config.to_dict()
-        return d
+        return _record_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxRecord:
@@ -284,9 +299,7 @@ class ContainerRecord:
             else api.ContainerState.CONTAINER_UNKNOWN
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(dataclasses.replace(self, config=api.ContainerConfig()))
-        d["config"] = self.config.to_dict()
-        return d
+        return _record_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
@@ -460,11 +473,7 @@ class CRIState:
     async def _save(self, id_: str, key: str, value: TypedValue) -> None:
         if self.store is None:
             return
-        from aiocontainerd.metadata.containers import Container, Runtime
-
-        await self.store.update(self.namespace, Container(id=id_, runtime=Runtime(""),
-                                                          extensions={key: value}),
-                                [f"extensions.{key}"])
+        await self.store.update_extension(self.namespace, id_, key, value)
 
     def lock(self, id_: str) -> asyncio.Lock:
         """The lock serialising lifecycle changes of pod or container ``id_``."""

@@ -84,6 +84,12 @@ class FakeStore:
         current.extensions.update(container.extensions)
         return current
 
+    async def update_extension(self, namespace: str, id_: str, name: str, value: TypedValue) -> None:
+        current = self.items.get(id_)
+        if current is None:
+            raise NotFound(id_)
+        current.extensions[name] = value
+
 
 def test_state_load_save_prefix() -> None:
     async def main() -> None:

@@ -142,3 +142,41 @@ def test_kill_during_writes_leaves_only_whole_objects(tmp_path: Path) -> None:
             assert {n.name for n in NamespaceStore(db).list()} <= {"ns0", "ns1", "ns2"}
         finally:
             db.close()
+
+
+async def test_update_extension_changes_only_that_extension(db: MetadataDB) -> None:
+    store = ContainerStore(db)
+    spec = TypedValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+    await store.create("ns", Container(id="c", runtime=Runtime("io.containerd.runc.v2"), spec=spec,
+                                       labels={"a": "1"}, extensions={"x": TypedValue("t", b"1")}))
+    before = store.get("ns", "c")
+    await store.update_extension("ns", "c", "y", TypedValue("t", b"2"))
+    after = store.get("ns", "c")
+    assert after.extensions == {"x": TypedValue("t", b"1"), "y": TypedValue("t", b"2")}
+    assert (after.spec, after.labels, after.runtime) == (before.spec, before.labels, before.runtime)
+    assert after.updated_at >= before.updated_at
+    with pytest.raises(NotFound):
+        await store.update_extension("ns", "missing", "y", TypedValue("t", b"2"))
+    with pytest.raises(InvalidArgument):
+        await store.update_extension("ns", "c", "", TypedValue("t", b"2"))
+
+
+async def test_concurrent_updates_commit_together_and_fail_alone(db: MetadataDB) -> None:
+    """Updates queued together share a commit; one that raises is undone without the others."""
+    import asyncio
+
+    def put(name: str, fail: bool = False):
+        def fn(txn):
+            txn.put("namespaces", name.encode(), {"labels": {}})
+            if fail:
+                raise AlreadyExists(name)
+            return name
+        return fn
+
+    results = await asyncio.gather(*(db.update(put(f"n{i}", fail=i == 2)) for i in range(5)),
+                                   return_exceptions=True)
+    assert results[:2] == ["n0", "n1"] and results[3:] == ["n3", "n4"]
+    assert isinstance(results[2], AlreadyExists)
+    with db.read() as txn:
+        assert [txn.get("namespaces", f"n{i}".encode()) is not None for i in range(5)] == \
+            [True, True, False, True, True]

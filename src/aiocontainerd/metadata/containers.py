@@ -196,6 +196,29 @@ class ContainerStore:
 
         return await self._db.update(update)
 
+    async def update_extension(self, namespace: str, id_: str, name: str, value: TypedValue) -> None:
+        """Set extension ``name`` of container ``id_`` (what :meth:`update` does with the one
+        path ``extensions.<name>``). Raises NotFound, InvalidArgument (empty name).
+
+        For records rewritten on every state change (the CRI's): the stored record is changed
+        as it is, without turning it into a :class:`Container` and back — the spec and the other
+        extensions stay encoded, and the rest of the record was validated when it was written.
+        """
+        if not name:
+            raise InvalidArgument("container.Extension keys must not be empty")
+        encoded = value.to_json()
+
+        def update(txn: Txn) -> None:
+            k = key(namespace, id_)
+            record = txn.get("containers", k)
+            if record is None:
+                raise NotFound(f"container {id_!r}: not found")
+            record["extensions"][name] = encoded
+            record["updated_at"] = now_ns()
+            txn.put("containers", k, record)
+
+        await self._db.update(update)
+
     async def delete(self, namespace: str, id_: str) -> None:
         """Delete the container record. Raises NotFound."""
 

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -158,6 +159,10 @@ class MetadataDB:
         self._dbs = dbs
         self.path = path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lmdb-writer")
+        #: updates waiting for the writer thread: (fn, its future, the future's loop)
+        self._pending: list[tuple[Callable[[Txn], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
+        self._pending_lock = threading.Lock()
+        self._draining = False
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> MetadataDB:
@@ -191,10 +196,73 @@ class MetadataDB:
 
         Committed (and synced) before this returns; aborted if ``fn`` raises, which
         re-raises here. Runs to completion even if the caller is cancelled.
+
+        Group commit: updates queued while the writer is busy are committed together, each
+        in its own nested transaction (so one that raises is undone alone, and each sees
+        the ones before it, as if they ran one after the other) under one parent whose
+        commit — the fsync, most of an update's cost — they share.
         """
         loop = asyncio.get_running_loop()
-        return await complete(loop.run_in_executor(self._writer, self._apply, fn))
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, fut, loop))
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                self._writer.submit(self._drain)
+            except BaseException:
+                with self._pending_lock:
+                    self._pending.remove((fn, fut, loop))
+                    self._draining = False
+                raise
+        return await complete(fut)
+
+    def _drain(self) -> None:
+        """The writer thread: commit what is queued, batch by batch, until nothing is."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            for (_, fut, loop), outcome in zip(batch, self._commit(batch), strict=True):
+                with contextlib.suppress(RuntimeError):   # its loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, fut, *outcome)
+
+    def _commit(self, batch: list[tuple[Callable[[Txn], Any], Any, Any]]
+                ) -> list[tuple[Any, BaseException | None]]:
+        """(result, error) of each function of ``batch``, committed in one transaction."""
+        if len(batch) == 1:
+            try:
+                return [(self._apply(batch[0][0]), None)]
+            except BaseException as e:
+                return [(None, e)]
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            with self._env.begin(write=True) as parent:
+                for fn, _, _ in batch:
+                    child = self._env.begin(write=True, parent=parent)
+                    try:
+                        result = fn(Txn(child, self._dbs))
+                    except BaseException as e:
+                        child.abort()
+                        outcomes.append((None, e))
+                    else:
+                        child.commit()
+                        outcomes.append((result, None))
+        except BaseException as e:   # the commit failed: none of them is stored
+            return [(None, e)] * len(batch)
+        return outcomes
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._env.close()
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
