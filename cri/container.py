@@ -82,6 +82,7 @@ from aiocontainerd.errors import (
     NotFound,
     Unavailable,
     Unimplemented,
+    reworded,
 )
 from aiocontainerd.metadata.containers import Container, Runtime
 from aiocontainerd.types import TypedValue
@@ -625,13 +626,16 @@ class ContainerRPCs:
         stdio = await self._container_io(record, state_dir, live)
         task = None
         try:
-            task = await runtime.create(self._ns, record.id, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                        terminal=tty, runtime_path=runtime_cfg.runtime_path)
+            with reworded("failed to create containerd task"):
+                task = await runtime.create(self._ns, record.id, stdin=stdio[0], stdout=stdio[1],
+                                            stderr=stdio[2], terminal=tty,
+                                            runtime_path=runtime_cfg.runtime_path)
             if live.copier is not None and live.fifos is not None:
                 live.copier.start(live.fifos, tty)
             waiter = asyncio.ensure_future(task.wait())
             try:
-                pid = await task.start()
+                with reworded(f"failed to start containerd task {json.dumps(record.id)}"):
+                    pid = await task.start()
             except BaseException:
                 waiter.cancel()
                 raise

@@ -86,6 +86,7 @@ from aiocontainerd.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    reworded,
 )
 
 from . import netns as netns_
@@ -335,7 +336,8 @@ class SandboxRPCs:
             create_kwargs: dict[str, Any] = {}
             if rt.runtime_path:
                 create_kwargs["runtime_path"] = rt.runtime_path
-            task = await tasks.create(self.state.namespace, id_, **create_kwargs)
+            with reworded("failed to create containerd task"):
+                task = await tasks.create(self.state.namespace, id_, **create_kwargs)
             undo.append(("delete task", lambda: self._kill_and_delete_task(id_)))
             return task
 

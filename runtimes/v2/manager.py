@@ -64,6 +64,7 @@ from aiocontainerd.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    reworded,
 )
 from aiocontainerd.plugin import EVENT, METADATA, RUNTIME, InitContext, Registration
 
@@ -384,12 +385,9 @@ class TaskManager:
             start = await _start_shim(command, options)
             _write_start(bundle, start.address, binary)   # two small files: no worker thread
             shim = await Shim.connect(bundle, command, start, log_=shim_log)
-            try:
+            with reworded("failed to create shim task"):   # "...: OCI runtime create failed: ..."
                 await shim.create(rootfs=mounts, stdin=stdin, stdout=stdout, stderr=stderr,
                                   terminal=terminal, options=options, checkpoint=checkpoint)
-            except ContainerdError as e:
-                # containerd's wording, same code: "failed to create shim task: OCI runtime ..."
-                raise type(e)(f"failed to create shim task: {e.message}") from None
         except BaseException as e:
             log.warning("failed to create task", extra={"fields": {
                 "id": container.id, "namespace": namespace, "runtime": runtime, "error": str(e)}})

@@ -7,7 +7,9 @@ them, so a caller of either side catches the same classes.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 
 
 class Code(enum.IntEnum):
@@ -119,3 +121,23 @@ BY_CODE: dict[Status, type[ContainerdError]] = {
 def from_status(code: int, message: str) -> ContainerdError:
     """The core error for a gRPC status received from a server (client side)."""
     return BY_CODE.get(Code(getattr(code, "value", code)), ContainerdError)(message)
+
+
+@contextlib.contextmanager
+def reworded(prefix: str) -> Iterator[None]:
+    """Re-raise a :class:`ContainerdError` from the block as ``"<prefix>: <message>"`` with
+    the same code (Go's ``fmt.Errorf("<prefix>: %w", err)``, as containerd words the
+    errors it passes on: ``failed to create shim task: ...``)."""
+    try:
+        yield
+    except ContainerdError as e:
+        raise _STANDARD.get(e.code, ContainerdError)(f"{prefix}: {e.message}") from None
+
+
+#: the class of each code (every subclass of a code is raised again as this one)
+_STANDARD: dict[Status, type[ContainerdError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable,
+                Unimplemented, Aborted, DeadlineExceeded, Canceled, Internal)
+}
+

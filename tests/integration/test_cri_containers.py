@@ -179,6 +179,21 @@ async def test_lifecycle_logs_exec_stop_remove(cri: CRI) -> None:
     st = await cri.wait_state(done, api.ContainerState.CONTAINER_EXITED)
     assert (st.state, st.exit_code, st.reason) == (api.ContainerState.CONTAINER_EXITED, 0, "Completed")
 
+    # a command that does not exist: containerd's wording, and the OCI runtime's own error
+    # text stays out of the container's log
+    bad = await cri.create(pod, pod_config, "c3", ["/nonexistent"])
+    with pytest.raises(GRPCError) as e:
+        await cri.rt.start_container(api.StartContainerRequest(container_id=bad))
+    assert e.value.status == grpclib.const.Status.UNKNOWN
+    assert (e.value.message or "").startswith(
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+    ), e.value.message
+    assert "/nonexistent" in (e.value.message or "")
+    st = await cri.status(bad)
+    log = Path(st.log_path)
+    assert not log.exists() or b"nonexistent" not in log.read_bytes(), log.read_bytes()
+    await cri.rt.remove_container(api.RemoveContainerRequest(container_id=bad))
+
     await cri.rt.remove_container(api.RemoveContainerRequest(container_id=cid))
     await cri.rt.remove_container(api.RemoveContainerRequest(container_id=cid))
     with pytest.raises(GRPCError) as e:
