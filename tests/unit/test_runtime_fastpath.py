@@ -138,6 +138,14 @@ async def test_warm_forkserver_serves_the_first_start_and_leaves_with_the_daemon
         assert result is not None
         started = result.address
         pid = int((Path(cmd.bundle) / "shim.pid").read_text())
+        client = await ttrpc.Client.connect(result.address, timeout=5)
+        try:   # serving: it is past its setsid
+            info = await client.call("containerd.task.v2.Task", "Connect", taskapi.ConnectRequest(id="c1"),
+                                     taskapi.ConnectResponse, timeout=5,
+                                     metadata={ttrpc.METADATA_NAMESPACE: "fastpath"})
+        finally:
+            await client.close()
+        assert info.shim_pid == pid
         session, _ = _proc(pid)
         assert session == pid
     finally:
