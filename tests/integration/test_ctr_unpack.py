@@ -1,7 +1,7 @@
 """The real ``ctr images pull`` unpacking into our snapshotters, and ``ctr snapshots``.
 
 For overlayfs, native and btrfs (the daemon rooted on a btrfs loop filesystem):
-pull + unpack, the chain in ``ctr snapshots tree``, a view whose mounts (from
+pull + unpack, the chain in ``ctr snapshots tree``, a snapshot whose mounts (from
 ``ctr snapshots mounts``) show exactly the image's files, then removal: after
 ``images rm --sync`` no snapshot, snapshot folder, mount or blob is left.
 """
@@ -85,14 +85,16 @@ def expected_tree(image) -> dict[str, tuple[str, int, bytes]]:
     return out
 
 
-async def check_chain_and_view(d: DaemonProcess, snapshotter: str, chains: list[str], image) -> None:
-    """``ctr snapshots tree`` shows the chain; a view of its top, mounted with the commands
-    ``ctr snapshots mounts`` prints, holds exactly the image's files."""
+async def check_chain_and_mount(d: DaemonProcess, snapshotter: str, chains: list[str], image) -> None:
+    """``ctr snapshots tree`` shows the chain; a snapshot on its top, mounted with the
+    commands ``ctr snapshots mounts`` prints, holds exactly the image's files."""
     sn = ["snapshots", "--snapshotter", snapshotter]
     tree = (await asyncio.to_thread(d.ctr, *sn, "tree")).stdout
     lines = [line.strip() for line in tree.splitlines() if line.strip()]
     assert lines == [chains[0]] + ["\\_ " + c for c in chains[1:]], tree
-    await asyncio.to_thread(d.ctr, *sn, "view", "look", chains[-1])
+    # active, not a view: a view nobody leases is garbage for the next collection, in
+    # containerd as here (an active snapshot is a GC root)
+    await asyncio.to_thread(d.ctr, *sn, "prepare", "look", chains[-1])
     target = Path(tempfile.mkdtemp(prefix="aioc-view-", dir="/tmp"))
     commands = (await asyncio.to_thread(d.ctr, *sn, "mounts", str(target), "look")).stdout
     subprocess.run(["sh", "-c", commands], check=True)
@@ -113,8 +115,8 @@ async def test_pull_unpack_mount_and_remove(registry: Registry, snapshotter: str
     async with daemon_on(snapshotter) as d:
         sn = ["snapshots", "--snapshotter", snapshotter]
         await asyncio.to_thread(d.ctr, "images", "pull", "--plain-http", "--snapshotter", snapshotter, ref)
-        # a view of the top of the chain, mounted with the commands ctr prints
-        await check_chain_and_view(d, snapshotter, chains, image)
+        # a snapshot on the top of the chain, mounted with the commands ctr prints
+        await check_chain_and_mount(d, snapshotter, chains, image)
         await asyncio.to_thread(d.ctr, *sn, "rm", "look")
         # the image's layers know their diff IDs; its config holds the chain for GC
         labels = (await asyncio.to_thread(d.ctr, "content", "ls")).stdout
@@ -174,4 +176,4 @@ async def test_daemon_side_unpack_matches_the_image(registry: Registry, snapshot
             sys.executable, "-m", "aiocontainerd.cli.actr", "--address", d.address, "images", "pull",
             "--plain-http", "--snapshotter", snapshotter, ref, stdout=subprocess.DEVNULL)
         assert await proc.wait() == 0
-        await check_chain_and_view(d, snapshotter, chains, image)
+        await check_chain_and_mount(d, snapshotter, chains, image)

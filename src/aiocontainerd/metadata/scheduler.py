@@ -1,11 +1,18 @@
 """The GC scheduler (plugin ``io.containerd.gc.v1.scheduler``): when collections run.
 
-- After a deletion (images, content, leases, containers) a collection is
-  scheduled ``schedule_delay`` later; with ``deletion_threshold`` N > 0, only
-  once N deletions have accumulated (containerd's default 0: the first one);
-- once ``startup_delay`` after the daemon starts (cleans up what a killed
-  daemon left behind);
-- at once, awaited, for deletes that ask for ``sync``.
+containerd's policy (``plugins/gc/scheduler.go``), so that collecting never takes more
+than ``pause_threshold`` of the daemon's time (collections hold every snapshotter and
+the content commit lock: run after every deletion, they would stall the next container's
+snapshot and spend a core while its runtime starts):
+
+- once ``startup_delay`` after the daemon starts (cleans up what a killed daemon left);
+- after a collection that took ``t`` on average (at least 5 ms), the next one is due
+  ``t / pause_threshold - t`` later (0.02: at least ~245 ms); when it is due it runs only
+  if something was deleted meanwhile, else it is due again as much later;
+- a deletion (images, content, leases, containers, snapshots) brings a collection forward
+  to ``schedule_delay`` from now only when none is due yet (before the first one), or
+  when ``deletion_threshold`` N > 0 deletions have accumulated;
+- ``sync`` deletes collect at once and wait for it.
 
 Durations are containerd's strings: ``"100ms"``, ``"1s"``, ``"0s"``.
 """
@@ -17,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import time
 
 from ..plugin import METADATA, InitContext, Registration
 from .gc import GarbageCollector, GCStats
@@ -25,6 +33,8 @@ log = logging.getLogger(__name__)
 GC = "io.containerd.gc.v1"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: containerd's floor on the average collection time used for the interval, seconds
+MIN_GC_SECONDS = 0.005
 
 
 def parse_duration(text: str) -> float:
@@ -37,11 +47,19 @@ def parse_duration(text: str) -> float:
 
 @dataclasses.dataclass
 class SchedulerConfig:
-    """``[plugins."io.containerd.gc.v1.scheduler"]``."""
+    """``[plugins."io.containerd.gc.v1.scheduler"]`` (containerd's keys and defaults)."""
 
+    pause_threshold: float = 0.02
     deletion_threshold: int = 0
     schedule_delay: str = "0ms"
     startup_delay: str = "100ms"
+
+    def validate(self) -> None:
+        """Raises ValueError for a bad duration or a pause threshold outside (0, 0.5]."""
+        for name in ("schedule_delay", "startup_delay"):
+            parse_duration(getattr(self, name))
+        if not 0.0 < self.pause_threshold <= 0.5:
+            raise ValueError(f"pause_threshold {self.pause_threshold} is not in (0, 0.5]")
 
 
 class Scheduler:
@@ -51,39 +69,71 @@ class Scheduler:
         self._collector = collector
         self._threshold = config.deletion_threshold
         self._delay = parse_duration(config.schedule_delay)
+        self._pause = config.pause_threshold
         self._deletions = 0
+        self._collected = False            # at least one collection ran
+        self._interval = 1.0               # until the first collection is timed
+        self._gc_seconds = 0.0
+        self._collections = 0
+        self._loop = asyncio.get_running_loop()
+        self._due: float | None = None     # loop time of the next collection
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._startup = asyncio.get_running_loop().call_later(
-            parse_duration(config.startup_delay), self._schedule, 0.0)
+        self._schedule(parse_duration(config.startup_delay))
         self.last: GCStats | None = None
 
     def deleted(self) -> None:
-        """Count one deletion; schedule a collection when the threshold is reached."""
+        """Count one deletion; bring the next collection forward when the policy says so."""
         self._deletions += 1
-        if self._deletions >= max(self._threshold, 1):
-            self._schedule(self._delay)
+        if ((self._threshold > 0 and self._deletions >= self._threshold)
+                or (self._due is None and self._threshold == 0)):
+            if self._due is None or self._due > self._loop.time() + self._delay:
+                self._schedule(self._delay)
 
     def _schedule(self, delay: float) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(delay))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = self._loop.time() + delay
+        self._timer = self._loop.call_later(delay, self._fire)
 
-    async def _run(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        self._deletions = 0
+    def _fire(self) -> None:
+        self._timer = self._due = None
+        if self._task is not None and not self._task.done():
+            self._schedule(self._interval)      # a sync collection is running: later
+            return
+        if self._collected and self._deletions == 0:
+            self._schedule(self._interval)      # nothing deleted since: not needed yet
+            return
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
         try:
-            self.last = await self._collector.collect()
+            await self._collect()
         except Exception:
             log.exception("garbage collection failed")
+            self._collected = True
+            self._schedule(self._interval + 1.0)
+
+    async def _collect(self) -> GCStats:
+        self._deletions = 0
+        started = time.perf_counter()
+        stats = await self._collector.collect()
+        self._gc_seconds += time.perf_counter() - started
+        self._collections += 1
+        self._collected = True
+        avg = max(self._gc_seconds / self._collections, MIN_GC_SECONDS)
+        self._interval = avg / self._pause - avg
+        self._schedule(self._interval)
+        self.last = stats
+        return stats
 
     async def collect(self) -> GCStats:
         """Collect now and wait for it (a ``sync`` delete)."""
-        self._deletions = 0
-        self.last = await self._collector.collect()
-        return self.last
+        return await self._collect()
 
     async def close(self) -> None:
-        self._startup.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,8 +142,7 @@ class Scheduler:
 
 async def _init(ctx: InitContext) -> Scheduler:
     config: SchedulerConfig = ctx.config
-    for name in ("schedule_delay", "startup_delay"):
-        parse_duration(getattr(config, name))
+    config.validate()
     metadata = ctx.get(METADATA)
     scheduler = Scheduler(GarbageCollector(metadata.db, metadata.content, metadata.snapshotters),
                           config)
