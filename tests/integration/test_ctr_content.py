@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -122,3 +123,8 @@ def test_leases(daemon_process: DaemonProcess) -> None:
     assert d.ctr("leases", "ls").stdout.splitlines()[1:] == []
     r = d.ctr("leases", "rm", "l1", check=False)
     assert r.returncode != 0 and "not found" in r.stderr
+    # without --id the daemon names it, as containerd does (<nanoseconds>-<4 base64 chars>)
+    made = d.ctr("leases", "create").stdout.split()[0]
+    assert re.fullmatch(r"\d{1,9}-[A-Za-z0-9_-]{4}", made), made
+    assert d.ctr("leases", "ls").stdout.splitlines()[1].split()[0] == made
+    d.ctr("leases", "rm", made)

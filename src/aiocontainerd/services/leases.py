@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
+import time
+
 from ..api.containerd.services.leases import v1 as api
 from ..api.google import protobuf as pb
 from ..metadata.leases import Lease, Resource
@@ -9,6 +13,12 @@ from ..metadata.plugin import Metadata
 from ..plugin import GRPC, METADATA, InitContext, Registration
 from . import context
 from .convert import timestamp
+
+
+def generate_lease_id() -> str:
+    """A lease ID for a Create without one, as containerd's lease service makes it:
+    ``<nanoseconds of the current second>-<4 URL-safe base64 characters of 3 random bytes>``."""
+    return f"{time.time_ns() % 1_000_000_000}-{base64.urlsafe_b64encode(secrets.token_bytes(3)).decode()}"
 
 
 def _lease(lease: Lease) -> api.Lease:
@@ -21,7 +31,8 @@ class LeasesService(api.LeasesBase):
         self._store = metadata.leases
 
     async def create(self, message: api.CreateRequest) -> api.CreateResponse:
-        lease = await self._store.create(context.namespace(), message.id, message.labels)
+        lease = await self._store.create(context.namespace(), message.id or generate_lease_id(),
+                                         message.labels)
         return api.CreateResponse(lease=_lease(lease))
 
     async def delete(self, message: api.DeleteRequest) -> pb.Empty:
