@@ -81,7 +81,6 @@ from aiocontainerd.errors import (
     InvalidArgument,
     NotFound,
 )
-from aiocontainerd.images.unpack import chain_ids
 from aiocontainerd.metadata.images import Image
 from aiocontainerd.plugin import SNAPSHOTTER
 from aiocontainerd.snapshots import Kind
@@ -95,7 +94,7 @@ if TYPE_CHECKING:
     from aiocontainerd.images.pull import Progress
     from aiocontainerd.images.service import ImageService as CoreImageService
     from aiocontainerd.metadata.plugin import Metadata
-    from aiocontainerd.metrics import Metrics
+    from aiocontainerd.metrics import Counter, Gauge, Histogram, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -270,21 +269,22 @@ def parse_auth(auth: api.AuthConfig | None, host: str) -> tuple[str, str] | None
 # -- metrics -------------------------------------------------------------------------------------
 
 class _PullMetrics:
+    """containerd's CRI image pull figures, as plain :mod:`aiocontainerd.metrics` families
+    (recording them loads no prometheus_client); all None without daemon metrics."""
+
     def __init__(self, metrics: Metrics | None) -> None:
-        self.pulls = self.in_progress = self.throughput = None
+        self.pulls: Counter | None = None
+        self.in_progress: Gauge | None = None
+        self.throughput: Histogram | None = None
         if metrics is None:
             return
-        from prometheus_client import Counter, Gauge, Histogram
-
         prefix = "containerd_cri_sandboxed_"
-        self.pulls = Counter(prefix + "image_pulls", "succeeded and failed counters", ("status",),
-                             registry=metrics.registry)
-        self.in_progress = Gauge(prefix + "in_progress_image_pulls_total", "in progress pulls",
-                                 registry=metrics.registry)
-        self.throughput = Histogram(
+        self.pulls = metrics.counter(prefix + "image_pulls", "succeeded and failed counters", ("status",))
+        self.in_progress = metrics.gauge(prefix + "in_progress_image_pulls_total", "in progress pulls")
+        self.throughput = metrics.histogram(
             prefix + "image_pulling_throughput_mibps",
             "image pull throughput in MiB/s (fetched bytes / pull duration; cached layers excluded)",
-            buckets=(0.1, 1, 10, 25, 75, 150, 300, 500, 1000, 2000, 4000), registry=metrics.registry)
+            buckets=(0.1, 1, 10, 25, 75, 150, 300, 500, 1000, 2000, 4000))
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -342,6 +342,7 @@ class CRIImageService(api.ImageServiceBase):
         cached = self._targets.get(target.digest)
         if cached is not None:
             return cached
+        from aiocontainerd.images.unpack import chain_ids  # with the remotes: not for an idle daemon
         from aiocontainerd.remotes import limits, platforms
         from aiocontainerd.remotes import mediatypes as mt
         from aiocontainerd.remotes.descriptor import Descriptor

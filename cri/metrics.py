@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ from aiocontainerd.api.runtime import v1 as api
 from .stats import DEFAULT_INTERFACE, CgroupMetrics, InterfaceStats, WritableLayer, working_set
 
 if TYPE_CHECKING:
-    from aiocontainerd.metrics import Metrics
+    from aiocontainerd.metrics import Counter, Histogram, Metrics
 
 __all__ = [
     "DESCRIPTORS",
@@ -95,7 +94,8 @@ _RUNTIME_TIMERS = {
     "container_checkpoint": "time to checkpoint a container",
 }
 
-_registered: weakref.WeakKeyDictionary[Any, CRIMetrics] = weakref.WeakKeyDictionary()
+#: the key of the first CRIMetrics of a daemon in ``Metrics.shared`` (its families, registered once)
+_SHARED = "cri.metrics"
 
 
 class CRIMetrics:
@@ -103,7 +103,8 @@ class CRIMetrics:
 
     ``CRIMetrics(None)`` is a no-op recorder (tests, no metrics). One instance per
     registry: constructing a second for the same ``Metrics`` returns state shared
-    with the first (Prometheus refuses duplicate names).
+    with the first (Prometheus refuses duplicate names). The families are
+    :mod:`aiocontainerd.metrics` plain ones: recording loads no prometheus_client.
 
     Use::
 
@@ -117,37 +118,35 @@ class CRIMetrics:
     """
 
     def __init__(self, metrics: Metrics | None) -> None:
-        self._timers: dict[str, Any] = {}
-        self._net_ops = self._net_errors = self._net_latency = self._dropped = None
+        self._timers: dict[str, Histogram] = {}
+        self._net_ops: Counter | None = None
+        self._net_errors: Counter | None = None
+        self._net_latency: Histogram | None = None
+        self._dropped: Counter | None = None
         if metrics is None:
             return
-        shared = _registered.get(metrics)
+        shared = metrics.shared.get(_SHARED)
         if shared is not None:
             self.__dict__.update(shared.__dict__)
             return
-        from prometheus_client import Counter, Histogram
-
-        reg = metrics.registry
         for name, help in _PLAIN_TIMERS.items():
-            self._timers[name] = Histogram(f"{_PREFIX}{name}_seconds", help, registry=reg)
+            self._timers[name] = metrics.histogram(f"{_PREFIX}{name}_seconds", help)
         for name, help in _RUNTIME_TIMERS.items():
-            self._timers[name] = Histogram(f"{_PREFIX}{name}_seconds", help, ("runtime",), registry=reg)
-        self._dropped = Counter(f"{_PREFIX}container_events_dropped",
-                                "count container discarding event total from server start", registry=reg)
-        # prometheus_client appends _total to counters (after dropping one given): *_total_total
-        self._net_ops = Counter(
+            self._timers[name] = metrics.histogram(f"{_PREFIX}{name}_seconds", help, ("runtime",))
+        self._dropped = metrics.counter(f"{_PREFIX}container_events_dropped",
+                                        "count container discarding event total from server start")
+        # the exposition appends _total to counters (after dropping one given): *_total_total
+        self._net_ops = metrics.counter(
             f"{_PREFIX}network_plugin_operations_total_total",
-            "cumulative number of network plugin operations by operation type",
-            ("operation_type",), registry=reg)
-        self._net_errors = Counter(
+            "cumulative number of network plugin operations by operation type", ("operation_type",))
+        self._net_errors = metrics.counter(
             f"{_PREFIX}network_plugin_operations_errors_total_total",
-            "cumulative number of network plugin operations by operation type",
-            ("operation_type",), registry=reg)
-        self._net_latency = Histogram(
+            "cumulative number of network plugin operations by operation type", ("operation_type",))
+        self._net_latency = metrics.histogram(
             f"{_PREFIX}network_plugin_operations_duration_seconds_seconds",
             "latency in seconds of network plugin operations. Broken down by operation type",
-            ("operation_type",), registry=reg)
-        _registered[metrics] = self
+            ("operation_type",))
+        metrics.shared[_SHARED] = self
 
     def observe(self, name: str, seconds: float, *, runtime: str | None = None) -> None:
         """Record ``seconds`` on timer ``name`` (e.g. ``"container_start"``).
@@ -159,9 +158,7 @@ class CRIMetrics:
         if not self._timers:
             return
         h = self._timers[name]
-        if name in _RUNTIME_TIMERS:
-            h = h.labels(runtime or "")
-        h.observe(seconds)
+        (h.labels(runtime or "") if name in _RUNTIME_TIMERS else h).observe(seconds)
 
     @contextlib.contextmanager
     def timer(self, name: str, *, runtime: str | None = None) -> Iterator[None]:
@@ -172,7 +169,7 @@ class CRIMetrics:
 
     def network_result(self, operation: str, seconds: float, *, failed: bool) -> None:
         """Count one network plugin operation, its latency, and whether it failed."""
-        if self._net_ops is None:
+        if self._net_ops is None or self._net_latency is None or self._net_errors is None:
             return
         self._net_ops.labels(operation).inc()
         self._net_latency.labels(operation).observe(seconds)

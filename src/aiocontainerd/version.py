@@ -1,16 +1,88 @@
-"""The daemon's version, as reported by the Version service and build-info metric."""
+"""The daemon's version, as reported by the Version service and build-info metric.
 
-from importlib import metadata
+The version is read from the distribution's metadata file (``Version:`` of
+``*.dist-info/METADATA`` or ``*.egg-info/PKG-INFO``) found the way importlib.metadata
+finds it (the first matching folder along ``sys.path``), but without importing
+importlib.metadata: that imports email, zipfile, csv, ... to parse those headers,
+about 1.5 MiB of an idle daemon's memory for one string. importlib.metadata is
+still asked whenever the plain reading cannot answer exactly (a zip on the path,
+no ``Version:`` header).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
 
 PACKAGE = "aiocontainerd"
 
 
+class _Unsure(Exception):
+    """The plain reading cannot tell: ask importlib.metadata."""
+
+
+def _normalize(name: str) -> str:
+    """A distribution name as importlib.metadata compares them (``Prepared.normalize``)."""
+    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+
+
+def _header_version(path: str) -> str:
+    """``Version:`` of an RFC 822 metadata file (headers end at the first empty line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() == "version":
+                    return value.strip()
+    except OSError:
+        pass
+    raise _Unsure(path)
+
+
+def _plain_version(name: str) -> str | None:
+    """The version of the first ``name`` distribution along ``sys.path``; None if there is none."""
+    want = _normalize(name)
+    for entry in sys.path:
+        root = entry or "."
+        try:
+            children = os.listdir(root)
+        except (FileNotFoundError, PermissionError):
+            continue
+        except OSError:  # a zip (or other non-directory) on the path: importlib.metadata reads those
+            raise _Unsure(root) from None
+        for child in children:
+            low = child.lower()
+            if not low.endswith((".dist-info", ".egg-info")):
+                continue
+            if _normalize(low.rpartition(".")[0].partition("-")[0]) != want:
+                continue
+            path = os.path.join(root, child)
+            if not os.path.isdir(path):
+                return _header_version(path)          # an egg-info file is PKG-INFO itself
+            for meta in ("METADATA", "PKG-INFO"):
+                if os.path.isfile(os.path.join(path, meta)):
+                    return _header_version(os.path.join(path, meta))
+            raise _Unsure(path)
+    return None
+
+
+@functools.cache
 def version() -> str:
     """The installed distribution's version (``0+unknown`` when not installed)."""
     try:
-        return metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+        found = _plain_version(PACKAGE)
+    except _Unsure:
+        from importlib import metadata
+
+        try:
+            return metadata.version(PACKAGE)
+        except metadata.PackageNotFoundError:
+            return "0+unknown"
+    return "0+unknown" if found is None else found
 
 
 #: Revision reported next to the version; the package does not embed a VCS hash.

@@ -57,12 +57,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 from ..api.io.containerd.cgroups import v1, v2
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
     from ..metrics import Metrics as DaemonMetrics
 
 __all__ = ["FAMILIES", "Sample", "SampleSource", "TaskMetricsCollector", "install"]
@@ -217,8 +217,12 @@ def full_name(name: str, unit: str) -> str:
     return f"{PREFIX}_{name}_{unit}" if unit else f"{PREFIX}_{name}"
 
 
-class TaskMetricsCollector(Collector):
+class TaskMetricsCollector:
     """A prometheus-client collector of task cgroup figures (see the module docs).
+
+    A collector by shape (``describe``/``collect``), not by base class: prometheus_client
+    is imported only when the registry collects, never by the runtime that installs it
+    (see :mod:`aiocontainerd.metrics`).
 
     ``source``: async function returning the current samples; :meth:`refresh` awaits it
     (bounded by ``timeout`` seconds) and replaces the snapshot. Without a source,
@@ -229,8 +233,9 @@ class TaskMetricsCollector(Collector):
         self._source = source
         self._timeout = timeout
         self._samples: list[Sample] = []
-        self._registry: Any = None
+        self._registry: CollectorRegistry | None = None
         self._unhook: Callable[[], None] | None = None
+        self._unqueue: Callable[[], None] | None = None
 
     @property
     def samples(self) -> list[Sample]:
@@ -258,6 +263,8 @@ class TaskMetricsCollector(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The families without samples (prometheus-client checks names with these)."""
+        from prometheus_client.core import GaugeMetricFamily
+
         seen: set[str] = set()
         for fams in FAMILIES.values():
             for name, unit, text, labels, _ in fams:
@@ -268,6 +275,8 @@ class TaskMetricsCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """One gauge family per name that has rows in the snapshot."""
+        from prometheus_client.core import GaugeMetricFamily
+
         families: dict[str, GaugeMetricFamily] = {}
         for namespace, cid, metrics in self._samples:
             for name, unit, text, labels, rows in FAMILIES.get(type(metrics), ()):
@@ -287,6 +296,9 @@ class TaskMetricsCollector(Collector):
         if self._unhook is not None:
             self._unhook()
             self._unhook = None
+        if self._unqueue is not None:  # not registered yet: it never will be
+            self._unqueue()
+            self._unqueue = None
         if self._registry is not None:
             try:
                 self._registry.unregister(self)
@@ -298,13 +310,20 @@ class TaskMetricsCollector(Collector):
 def install(metrics: DaemonMetrics, source: SampleSource, *, timeout: float = 5.0) -> TaskMetricsCollector:
     """Export task cgroup figures on the daemon's ``/v1/metrics``.
 
-    Registers a :class:`TaskMetricsCollector` in ``metrics.registry`` and hooks its
-    :meth:`~TaskMetricsCollector.refresh` to run before every scrape, so ``source``
-    (an async function returning ``(namespace, container_id, Metrics)`` samples of all
-    running tasks) is awaited once per scrape. Call ``close()`` on the result to undo.
+    Registers a :class:`TaskMetricsCollector` in ``metrics.registry`` (once that is
+    built: :meth:`~aiocontainerd.metrics.Metrics.on_registry`, so installing loads no
+    prometheus_client) and hooks its :meth:`~TaskMetricsCollector.refresh` to run
+    before every scrape, so ``source`` (an async function returning ``(namespace,
+    container_id, Metrics)`` samples of all running tasks) is awaited once per scrape.
+    Call ``close()`` on the result to undo.
     """
     collector = TaskMetricsCollector(source, timeout=timeout)
-    metrics.registry.register(collector)
-    collector._registry = metrics.registry
+
+    def register(registry: CollectorRegistry) -> None:
+        registry.register(collector)
+        collector._registry = registry
+        collector._unqueue = None
+
+    collector._unqueue = metrics.on_registry(register)
     collector._unhook = metrics.add_scrape_hook(collector.refresh)
     return collector
