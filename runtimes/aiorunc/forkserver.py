@@ -62,7 +62,9 @@ def preimport() -> None:
     import asyncio  # noqa: F401
     import logging  # noqa: F401
 
-    with _light_imports():
+    from aiocontainerd.version import light_metadata
+
+    with light_metadata():
         import betterproto2  # noqa: F401
 
         from aiocontainerd.api.containerd.task import v2  # noqa: F401
@@ -117,71 +119,6 @@ def warm_messages() -> int:
                 except Exception:  # pragma: no cover - left to its first use
                     pass
     return done
-
-
-def _dist_version(name: str) -> str:
-    """``importlib.metadata.version`` read straight from a ``*.dist-info`` folder name."""
-    want = name.replace("-", "_").lower()
-    for d in sys.path:
-        try:
-            names = os.listdir(d or ".")
-        except OSError:
-            continue
-        for n in names:
-            if n.endswith(".dist-info"):
-                dist, _, version = n[:-len(".dist-info")].rpartition("-")
-                if dist.replace("-", "_").lower() == want:
-                    return version
-    from importlib import metadata as real  # not found this way: ask the real one
-
-    return real.version(name)
-
-
-def _light_imports():
-    """While importing betterproto2 and the messages, keep two heavy imports out:
-
-    * ``importlib.metadata`` (email, zipfile, csv, bz2, lzma, ... ~1 MB) that
-      betterproto2 uses only for its own version: answered from the dist-info name;
-    * ``dateutil`` (+ zoneinfo, decimal, calendar, ~2 MB) that the protobuf
-      messages use only to parse JSON timestamps: a stand-in imports it on first use.
-
-    Both stand-ins leave ``sys.modules`` afterwards (dateutil's on first use), so any
-    later import gets the real modules.
-    """
-    import contextlib
-    import types
-
-    @contextlib.contextmanager
-    def cm():
-        saved = {n: sys.modules.get(n) for n in ("importlib.metadata", "dateutil", "dateutil.parser")}
-        if saved["importlib.metadata"] is None:
-            meta = types.ModuleType("importlib.metadata")
-            meta.version = _dist_version  # type: ignore[attr-defined]
-            sys.modules["importlib.metadata"] = meta
-        if saved["dateutil"] is None and saved["dateutil.parser"] is None:
-            def load(attr: str) -> object:
-                for n in ("dateutil", "dateutil.parser"):
-                    if getattr(sys.modules.get(n), "_aiorunc_standin", False):
-                        del sys.modules[n]
-                import importlib
-
-                return getattr(importlib.import_module("dateutil.parser"), attr)
-
-            parser = types.ModuleType("dateutil.parser")
-            parser.__getattr__ = load  # type: ignore[attr-defined]
-            parser._aiorunc_standin = True  # type: ignore[attr-defined]
-            pkg = types.ModuleType("dateutil")
-            pkg.__path__ = []  # type: ignore[attr-defined]
-            pkg.parser = parser  # type: ignore[attr-defined]
-            pkg._aiorunc_standin = True  # type: ignore[attr-defined]
-            sys.modules["dateutil"], sys.modules["dateutil.parser"] = pkg, parser
-        try:
-            yield
-        finally:
-            if saved["importlib.metadata"] is None:
-                sys.modules.pop("importlib.metadata", None)
-
-    return cm()
 
 
 def _spawn(req: dict, sock: socket.socket, conn: socket.socket | None,

@@ -11,10 +11,13 @@ no ``Version:`` header).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
+import types
+from collections.abc import Iterator
 
 PACKAGE = "aiocontainerd"
 
@@ -70,19 +73,75 @@ def _plain_version(name: str) -> str | None:
     return None
 
 
+def dist_version(name: str) -> str:
+    """The installed version of distribution ``name``, as ``importlib.metadata.version``
+    answers it (read plainly when possible, see the module doc). Raises
+    ``importlib.metadata.PackageNotFoundError`` when it is not installed."""
+    try:
+        found = _plain_version(name)
+    except _Unsure:
+        found = None
+    if found is not None:
+        return found
+    from importlib import metadata
+
+    return metadata.version(name)
+
+
+def _real_metadata() -> types.ModuleType:
+    """The real ``importlib.metadata``, replacing the stand-in of :func:`light_metadata`."""
+    current = sys.modules.get("importlib.metadata")
+    if current is not None and vars(current).get("_standin"):
+        del sys.modules["importlib.metadata"]
+    import importlib.metadata
+
+    return importlib.metadata
+
+
+def _real_attribute(name: str) -> object:
+    return getattr(_real_metadata(), name)
+
+
+def _standin_version(name: str) -> str:
+    try:
+        found = _plain_version(name)
+    except _Unsure:
+        found = None
+    if found is not None:
+        return found
+    return _real_metadata().version(name)   # the stand-in cannot tell
+
+
 @functools.cache
 def version() -> str:
     """The installed distribution's version (``0+unknown`` when not installed)."""
     try:
-        found = _plain_version(PACKAGE)
-    except _Unsure:
-        from importlib import metadata
+        return dist_version(PACKAGE)
+    except Exception:   # importlib.metadata.PackageNotFoundError, without importing it here
+        return "0+unknown"
 
-        try:
-            return metadata.version(PACKAGE)
-        except metadata.PackageNotFoundError:
-            return "0+unknown"
-    return "0+unknown" if found is None else found
+
+@contextlib.contextmanager
+def light_metadata() -> Iterator[None]:
+    """While the block runs, ``importlib.metadata`` is a stand-in whose ``version()`` reads
+    as :func:`dist_version` does (the real module replaces it if it cannot tell): for
+    third-party packages that ask their own version when they are imported (betterproto2),
+    so that one string does not load email, zipfile, csv… (~1.5 MiB of every process).
+    Nothing changes when the real module is loaded already; the stand-in leaves
+    ``sys.modules`` afterwards, so later imports get the real one."""
+    if "importlib.metadata" in sys.modules:
+        yield
+        return
+    standin = types.ModuleType("importlib.metadata")
+    standin._standin = True  # type: ignore[attr-defined]
+    standin.version = _standin_version  # type: ignore[attr-defined]
+    standin.__getattr__ = _real_attribute  # type: ignore[attr-defined] - anything else: the real one
+    sys.modules["importlib.metadata"] = standin
+    try:
+        yield
+    finally:
+        if sys.modules.get("importlib.metadata") is standin:
+            del sys.modules["importlib.metadata"]
 
 
 #: Revision reported next to the version; the package does not embed a VCS hash.

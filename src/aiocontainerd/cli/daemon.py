@@ -22,6 +22,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from ..version import light_metadata
+
+with light_metadata():   # betterproto2 asks its version at import: keep importlib.metadata out
+    import betterproto2  # noqa: F401
+
 from .. import builtins, log
 from ..config import Config, ConfigError, dump, load
 from ..daemon import Daemon, StartError
