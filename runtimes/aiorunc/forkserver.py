@@ -42,6 +42,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from aiocontainerd import heap
+
 #: seconds without a request before the fork server exits
 IDLE_SECONDS = 60.0
 #: seconds between two checks that the daemon still listens
@@ -84,18 +86,7 @@ def preimport() -> None:
 
     gc.collect()
     gc.freeze()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """``malloc_trim(0)``: hand the memory that importing freed back to the system before
-    forking, so no shim starts with it (~1 MB of every shim's RSS; glibc only)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    heap.trim()
 
 
 def warm_messages() -> int:
@@ -161,17 +152,6 @@ def set_name(name: bytes) -> None:
 
     try:
         ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _one_malloc_arena() -> None:
-    """``mallopt(M_ARENA_MAX, 1)``: a worker thread of a shim (a mount, a cgroup read)
-    must not give it a second malloc arena of its own (glibc; inherited by forks)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-8, 1)
     except (OSError, AttributeError):
         pass
 
@@ -300,7 +280,7 @@ def main(argv: list[str]) -> int:
     """``python -m aiocontainerd.runtimes.aiorunc.forkserver`` with fds 3, 4 and 5."""
     os.chdir("/")
     set_name(FORKSERVER_NAME)
-    _one_malloc_arena()
+    heap.one_arena()
     with open(5, "rb") as f:
         req = json.loads(f.read())
     # a warm start (``main.warm_forkserver``) passes no first shim socket

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import gc
 import logging
@@ -42,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import builtins, pbspeed
+from . import builtins, heap, pbspeed
 from .config import Config
 from .metrics import Metrics, MetricsServer
 from .plugin import GRPC, TTRPC, PluginSet, Registration
@@ -58,19 +57,6 @@ LOCK_FILE = "aiocontainerd.lock"
 
 class StartError(RuntimeError):
     """The daemon could not start: bad folders, socket in use or in a missing folder."""
-
-
-def _malloc_trim() -> None:
-    """glibc ``malloc_trim(0)``: hand the free pages of every malloc arena back to the kernel.
-
-    glibc keeps freed heap resident until asked; after start-up (hundreds of modules
-    imported, plugins initialised) that is a few MiB an idle daemon would hold for good.
-    Nothing happens on another libc.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _socket_in_use(path: str) -> bool:
@@ -281,7 +267,7 @@ class Daemon:
         # start-up garbage (import-time cycles, plugin init) back to the kernel: an idle
         # daemon should not keep the heap its imports and compilations once needed
         gc.collect()
-        _malloc_trim()
+        heap.trim()
         log.info("aiocontainerd successfully booted",
                  extra={"fields": {"address": cfg.grpc.address, "pid": os.getpid()}})
 
