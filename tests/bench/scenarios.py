@@ -372,17 +372,19 @@ async def _daemon_pull_unpack(run: Running, ref: str) -> None:
         await client.images.pull(ref, **kwargs)  # type: ignore[arg-type]
 
 
-async def _daemon_unpack_or_na(run: Running) -> float:
-    try:
-        return await _daemon_unpack_timed(run)
-    except _NoUnpack as e:
-        if run.kind == "containerd":
-            raise
-        raise Unsupported(f"{e}; pulled with {_daemon_pull_how()}") from e
+def _daemon_unpack_or_na(compression: str) -> Callable[[Running], Awaitable[float]]:
+    timed = _unpack_scenario(compression, _daemon_pull_unpack)
 
+    async def scenario(run: Running) -> float:
+        try:
+            return await timed(run)
+        except _NoUnpack as e:
+            if run.kind == "containerd":
+                raise
+            raise Unsupported(f"{e}; pulled with {_daemon_pull_how()}") from e
 
-_daemon_unpack_timed = _unpack_scenario("gzip", _daemon_pull_unpack)
-_daemon_unpack_or_na.__doc__ = _daemon_unpack_timed.__doc__
+    scenario.__doc__ = timed.__doc__
+    return scenario
 
 
 def _unpack_rows(name: str, group: str, run: Callable[[Running], Awaitable[float]]) -> list[Scenario]:
@@ -402,6 +404,7 @@ def _unpack_rows(name: str, group: str, run: Callable[[Running], Awaitable[float
 UNPACK_GZIP = "pull+unpack 1 GB gzip image, ctr images pull"
 UNPACK_ZSTD = "pull+unpack 1 GB zstd image, ctr images pull"
 UNPACK_DAEMON = "pull+unpack 1 GB gzip image, daemon-side pull [containerd: ctr images pull]"
+UNPACK_DAEMON_ZSTD = "pull+unpack 1 GB zstd image, daemon-side pull [containerd: ctr images pull]"
 
 
 FETCH_CTR = "fetch 500 MB image, ctr content fetch"
@@ -644,7 +647,8 @@ SCENARIOS: list[Scenario] = [
     *_fetch_rows(FETCH_DAEMON, "fetch-daemon", _daemon_pull),
     *_unpack_rows(UNPACK_GZIP, "unpack-gzip", _unpack_scenario("gzip", _ctr_pull)),
     *_unpack_rows(UNPACK_ZSTD, "unpack-zstd", _unpack_scenario("zstd", _ctr_pull)),
-    *_unpack_rows(UNPACK_DAEMON, "unpack-daemon", _daemon_unpack_or_na),
+    *_unpack_rows(UNPACK_DAEMON, "unpack-daemon", _daemon_unpack_or_na("gzip")),
+    *_unpack_rows(UNPACK_DAEMON_ZSTD, "unpack-daemon-zstd", _daemon_unpack_or_na("zstd")),
     *_container_rows(),
     *cri_rows(),
 ]
