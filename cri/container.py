@@ -88,6 +88,7 @@ from aiocontainerd.metadata.containers import Container, Runtime
 from aiocontainerd.types import TypedValue
 
 from . import exec as exec_
+from . import spec as spec_
 from .state import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
@@ -551,8 +552,6 @@ class ContainerRPCs:
                           config: api.ContainerConfig, image: Any, image_name: str, root_dir: str,
                           mounts: list[Any]) -> dict[str, Any]:
         from aiocontainerd.oci.rootfs import from_mounts
-
-        from . import spec as spec_
 
         target_pid = None
         ns_opts = (config.linux.security_context.namespace_options

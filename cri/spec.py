@@ -62,8 +62,8 @@ from typing import Any
 
 from aiocontainerd import oci
 from aiocontainerd.api.runtime import v1 as api
-from aiocontainerd.cgroups import unescape_mountinfo
 from aiocontainerd.errors import InvalidArgument, NotFound, Unimplemented
+from aiocontainerd.mount import unescape_mountinfo
 from aiocontainerd.oci import Spec, _caps, _linux, _process, _resources
 from aiocontainerd.oci.rootfs import DirRootFS, RootFS
 

@@ -59,9 +59,8 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-from aiocontainerd.cgroups import unescape_mountinfo
 from aiocontainerd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from aiocontainerd.mount import Mount
+from aiocontainerd.mount import Mount, unescape_mountinfo
 from aiocontainerd.plugin import SNAPSHOTTER, InitContext, Registration, SkipPlugin
 from aiocontainerd.snapshots import Kind, Usage
 from aiocontainerd.snapshots.storage import MetaStore, MetaStoreSnapshotter, Snapshot, disk_usage, to_thread

@@ -516,7 +516,7 @@ def test_collector_names() -> None:
 def test_families_consistent() -> None:
     """A name shared by the v1 and v2 tables has one label set."""
     seen: dict[str, tuple[str, ...]] = {}
-    for fams in cgprom.FAMILIES.values():
+    for fams in cgprom.families().values():
         names = [cgprom.full_name(n, u) for n, u, _, _, _ in fams]
         assert len(names) == len(set(names))
         for name, unit, _, labels, _ in fams:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aiocontainerd.mount import Mount
+from aiocontainerd.mount import Mount, unescape_mountinfo
 from aiocontainerd.mount import mounting as mnt
 from aiocontainerd.mount.mounting import (
     MS_BIND,
@@ -83,7 +83,7 @@ def test_root_path_stays_inside(tmp_path: Path) -> None:
 
 
 def test_mount_points_unescape() -> None:
-    assert mnt._unescape(r"/a\040b\011c\134d") == "/a b\tc\\d"
+    assert unescape_mountinfo(r"/a\040b\011c\134d") == "/a b\tc\\d"
     assert "/proc" in mount_points()
     assert is_mountpoint("/proc") and is_mountpoint("/proc/../proc") and not is_mountpoint("/proc/1")
 

@@ -54,6 +54,7 @@ from typing import Literal
 
 from .. import errors
 from ..api.io.containerd.cgroups import v1, v2
+from ..mount import unescape_mountinfo
 
 __all__ = [
     "MOUNT",
@@ -62,7 +63,6 @@ __all__ = [
     "read_v1",
     "read_v2",
     "stats",
-    "unescape_mountinfo",
     "v1",
     "v1_dirs",
     "v2",
@@ -78,21 +78,6 @@ _NS_PER_S = 1_000_000_000
 
 
 # -- mounts and modes ---------------------------------------------------------------------
-
-
-def unescape_mountinfo(field: str) -> str:
-    """A mountinfo path with its octal escapes (``\\040`` for space) decoded."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[tuple[str, str, str, list[str]]]:

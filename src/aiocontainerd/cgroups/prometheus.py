@@ -53,11 +53,10 @@ source, a caller may push snapshots itself with :meth:`TaskMetricsCollector.upda
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-
-from ..api.io.containerd.cgroups import v1, v2
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
 
     from ..metrics import Metrics as DaemonMetrics
 
-__all__ = ["FAMILIES", "Sample", "SampleSource", "TaskMetricsCollector", "install"]
+__all__ = ["Sample", "SampleSource", "TaskMetricsCollector", "families", "install"]
 
 log = logging.getLogger("aiocontainerd.cgroups")
 
@@ -208,8 +207,14 @@ def _v2_families() -> list[Family]:
     return fams
 
 
-#: containerd's families per message type
-FAMILIES: dict[type, list[Family]] = {v1.Metrics: _v1_families(), v2.Metrics: _v2_families()}
+@functools.cache
+def families() -> dict[type, list[Family]]:
+    """containerd's families per message type (``v1.Metrics``/``v2.Metrics``); built, and
+    the cgroups messages imported, at the first scrape or sample, not when the runtime
+    installs the collector."""
+    from ..api.io.containerd.cgroups import v1, v2
+
+    return {v1.Metrics: _v1_families(), v2.Metrics: _v2_families()}
 
 
 def full_name(name: str, unit: str) -> str:
@@ -244,7 +249,7 @@ class TaskMetricsCollector:
 
     def update(self, samples: Iterable[Sample]) -> None:
         """Replace the snapshot with ``samples`` (namespace, container_id, Metrics)."""
-        self._samples = [s for s in samples if type(s[2]) in FAMILIES]
+        self._samples = [s for s in samples if type(s[2]) in families()]
 
     async def refresh(self) -> None:
         """Await the source and take its samples; on failure or timeout the snapshot is
@@ -266,7 +271,7 @@ class TaskMetricsCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         seen: set[str] = set()
-        for fams in FAMILIES.values():
+        for fams in families().values():
             for name, unit, text, labels, _ in fams:
                 full = full_name(name, unit)
                 if full not in seen:
@@ -277,19 +282,19 @@ class TaskMetricsCollector:
         """One gauge family per name that has rows in the snapshot."""
         from prometheus_client.core import GaugeMetricFamily
 
-        families: dict[str, GaugeMetricFamily] = {}
+        out: dict[str, GaugeMetricFamily] = {}
         for namespace, cid, metrics in self._samples:
-            for name, unit, text, labels, rows in FAMILIES.get(type(metrics), ()):
+            for name, unit, text, labels, rows in families().get(type(metrics), ()):
                 values = rows(metrics)
                 if not values:
                     continue
                 full = full_name(name, unit)
-                fam = families.get(full)
+                fam = out.get(full)
                 if fam is None:
-                    fam = families[full] = GaugeMetricFamily(full, text, labels=[*ID_LABELS, *labels])
+                    fam = out[full] = GaugeMetricFamily(full, text, labels=[*ID_LABELS, *labels])
                 for value, extra in values:
                     fam.add_metric([cid, namespace, *extra], value)
-        yield from families.values()
+        yield from out.values()
 
     def close(self) -> None:
         """Unregister from the registry and the scrape hook that :func:`install` set."""

@@ -11,6 +11,15 @@ Mounting and unmounting (and temporary mounts for apply/diff) arrive in
 from __future__ import annotations
 
 import dataclasses
+import re
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def unescape_mountinfo(field: str) -> str:
+    """A ``/proc/<pid>/mountinfo`` path field with its octal escapes decoded (the kernel
+    writes space, tab, newline and backslash as ``\\040``, ``\\011``, ``\\012``, ``\\134``)."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,4 +36,4 @@ class Mount:
         return "ro" in self.options
 
 
-__all__ = ["Mount"]
+__all__ = ["Mount", "unescape_mountinfo"]

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..tasks import complete
-from . import Mount
+from . import Mount, unescape_mountinfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -387,13 +387,6 @@ def _unmount_stack(target: str, flags: int) -> None:
     _raise(errno.ELOOP, "unmount: more than 1024 mounts stacked", target)
 
 
-_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_points(under: str | os.PathLike[str] | None = None) -> list[str]:
     """Mount points of this process's mount namespace (``/proc/self/mountinfo``), in
     mount order; with ``under``, only that path and those below it."""
@@ -404,7 +397,7 @@ def mount_points(under: str | os.PathLike[str] | None = None) -> list[str]:
             fields = line.split(" ")
             if len(fields) < 5:
                 continue
-            point = _unescape(fields[4])
+            point = unescape_mountinfo(fields[4])
             if prefix is None or point == prefix or point.startswith(prefix.rstrip("/") + "/"):
                 points.append(point)
     return points
@@ -421,7 +414,7 @@ def filesystem_type(path: str | os.PathLike[str]) -> str:
             fields = head.split(" ")
             if not sep or len(fields) < 5:
                 continue
-            point = _unescape(fields[4])
+            point = unescape_mountinfo(fields[4])
             inside = real == point or real.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= best:  # the last of equal mount points is on top
                 best, fstype = len(point), tail.split(" ")[0]
