@@ -83,9 +83,7 @@ def dist_version(name: str) -> str:
         found = None
     if found is not None:
         return found
-    from importlib import metadata
-
-    return metadata.version(name)
+    return _real_metadata().version(name)
 
 
 def _real_metadata() -> types.ModuleType:
@@ -100,16 +98,6 @@ def _real_metadata() -> types.ModuleType:
 
 def _real_attribute(name: str) -> object:
     return getattr(_real_metadata(), name)
-
-
-def _standin_version(name: str) -> str:
-    try:
-        found = _plain_version(name)
-    except _Unsure:
-        found = None
-    if found is not None:
-        return found
-    return _real_metadata().version(name)   # the stand-in cannot tell
 
 
 @functools.cache
@@ -134,7 +122,7 @@ def light_metadata() -> Iterator[None]:
         return
     standin = types.ModuleType("importlib.metadata")
     standin._standin = True  # type: ignore[attr-defined]
-    standin.version = _standin_version  # type: ignore[attr-defined]
+    standin.version = dist_version  # type: ignore[attr-defined]
     standin.__getattr__ = _real_attribute  # type: ignore[attr-defined] - anything else: the real one
     sys.modules["importlib.metadata"] = standin
     try:

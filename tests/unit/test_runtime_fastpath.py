@@ -65,6 +65,18 @@ def _proc(pid: int) -> tuple[int, bytes]:
         return session, f.read()
 
 
+async def _shim_pid(address: str, id_: str) -> int:
+    """The pid the shim serving ``address`` reports (Connect): it answers, so it serves."""
+    client = await ttrpc.Client.connect(address, timeout=5)
+    try:
+        info = await client.call("containerd.task.v2.Task", "Connect", taskapi.ConnectRequest(id=id_),
+                                 taskapi.ConnectResponse, timeout=5,
+                                 metadata={ttrpc.METADATA_NAMESPACE: "fastpath"})
+    finally:
+        await client.close()
+    return info.shim_pid
+
+
 async def _shutdown(address: str, id_: str) -> None:
     client = await ttrpc.Client.connect(address, timeout=5)
     try:
@@ -93,14 +105,7 @@ async def test_same_result_as_the_subprocess(tmp_path: Path) -> None:
         assert r2.version == 2 and r2.service == "containerd.task.v2.Task"
         assert (Path(second.bundle) / "address").read_text() == r2.address
         pid = int((Path(second.bundle) / "shim.pid").read_text())
-        client = await ttrpc.Client.connect(r2.address, timeout=5)
-        try:
-            info = await client.call("containerd.task.v2.Task", "Connect", taskapi.ConnectRequest(id="c2"),
-                                     taskapi.ConnectResponse, timeout=5,
-                                     metadata={ttrpc.METADATA_NAMESPACE: "fastpath"})
-        finally:
-            await client.close()
-        assert info.shim_pid == pid
+        assert await _shim_pid(r2.address, "c2") == pid
         session, environ = _proc(pid)
         assert session == pid                    # its own session (setsid): outlives the daemon
         assert b"AIORUNC_FORKSERVER_CHECK=0.5" in environ   # the shim environment
@@ -138,14 +143,7 @@ async def test_warm_forkserver_serves_the_first_start_and_leaves_with_the_daemon
         assert result is not None
         started = result.address
         pid = int((Path(cmd.bundle) / "shim.pid").read_text())
-        client = await ttrpc.Client.connect(result.address, timeout=5)
-        try:   # serving: it is past its setsid
-            info = await client.call("containerd.task.v2.Task", "Connect", taskapi.ConnectRequest(id="c1"),
-                                     taskapi.ConnectResponse, timeout=5,
-                                     metadata={ttrpc.METADATA_NAMESPACE: "fastpath"})
-        finally:
-            await client.close()
-        assert info.shim_pid == pid
+        assert await _shim_pid(result.address, "c1") == pid   # serving: it is past its setsid
         session, _ = _proc(pid)
         assert session == pid
     finally:
