@@ -455,12 +455,16 @@ class SandboxRPCs:
         for c in self.state.sandbox_containers(record.id):
             if c.state != CONTAINER_EXITED:
                 await self._stop_pod_container(c)
-        was_ready = record.state == SANDBOX_READY
         changed = record.state != SANDBOX_NOTREADY
+        was_ready = False   # READY until the pause task was stopped here, not by its exit handler
 
         async def pause_task() -> None:
+            nonlocal was_ready
             await self._kill_and_delete_task(record.id)
-            if changed:
+            # handle_sandbox_exit may have run meanwhile (the pause task exited): it set
+            # NOTREADY and announced CONTAINER_STOPPED already
+            if record.state != SANDBOX_NOTREADY:
+                was_ready = record.state == SANDBOX_READY
                 record.state = SANDBOX_NOTREADY
                 record.pid = 0
                 record.exited_at = record.exited_at or time.time_ns()

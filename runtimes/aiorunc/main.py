@@ -293,6 +293,12 @@ def _detached_exec(argv: list[str], fds: dict[int, int]) -> None:
                 if f != t:
                     os.dup2(f, t)
                 os.set_inheritable(t, True)
+            for fd in range(3, max([3, *fds]) + 1):   # below the targets: only the targets
+                if fd not in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
             os.closerange(max([3, *fds]) + 1, 65536)
             os.execv(argv[0], argv)
         finally:

@@ -57,7 +57,8 @@ def _plain_version(name: str) -> str | None:
             continue
         except OSError:  # a zip (or other non-directory) on the path: importlib.metadata reads those
             raise _Unsure(root) from None
-        for child in children:
+        # importlib.metadata prefers a dist-info to an egg-info of the same name
+        for child in sorted(children, key=lambda c: not c.lower().endswith(".dist-info")):
             low = child.lower()
             if not low.endswith((".dist-info", ".egg-info")):
                 continue
@@ -97,6 +98,8 @@ def _real_metadata() -> types.ModuleType:
 
 
 def _real_attribute(name: str) -> object:
+    if name.startswith("__"):   # the import system probing (``__path__``…): not the real module
+        raise AttributeError(name)
     return getattr(_real_metadata(), name)
 
 
@@ -124,12 +127,17 @@ def light_metadata() -> Iterator[None]:
     standin._standin = True  # type: ignore[attr-defined]
     standin.version = dist_version  # type: ignore[attr-defined]
     standin.__getattr__ = _real_attribute  # type: ignore[attr-defined] - anything else: the real one
+    import importlib
+
     sys.modules["importlib.metadata"] = standin
+    importlib.metadata = standin  # type: ignore[attr-defined] - ``import importlib.metadata`` users
     try:
         yield
     finally:
         if sys.modules.get("importlib.metadata") is standin:
             del sys.modules["importlib.metadata"]
+        if vars(importlib).get("metadata") is standin:
+            del importlib.metadata  # type: ignore[attr-defined]
 
 
 #: Revision reported next to the version; the package does not embed a VCS hash.

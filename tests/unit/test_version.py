@@ -33,6 +33,11 @@ with light_metadata():
 assert betterproto2.__version__
 print(sorted(n for n in ("importlib.metadata", "email", "zipfile", "csv") if n in sys.modules))
 with light_metadata():
+    import importlib.metadata
+    assert importlib.metadata.version("grpclib")
+    from importlib.metadata import version as v
+    assert v("grpclib")
+    assert "email" not in sys.modules       # still the stand-in
     import importlib.metadata as m
     try:
         m.version("no-such-distribution-here")     # the stand-in cannot tell: the real one answers

@@ -25,12 +25,10 @@ from ..api.containerd.services.diff.v1 import ApplyRequest, DiffStub
 from ..api.containerd.services.snapshots import v1 as snapshots_api
 from ..api.google import protobuf as pb
 from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..images.unpack import GC_SNAPSHOT, UNCOMPRESSED
 from ..services.context import LEASE_HEADER
 from ..types import Descriptor
 from .images import ResolvedImage, _call
-
-UNCOMPRESSED = "containerd.io/uncompressed"
-GC_SNAPSHOT = "containerd.io/gc.ref.snapshot."
 
 
 async def unpack(channel: Channel, metadata: Mapping[str, str], image: ResolvedImage, snapshotter: str,
@@ -77,7 +75,9 @@ async def _apply(snapshots: snapshots_api.SnapshotsStub, diff: DiffStub, snapsho
                 snapshotter=snapshotter, name=chain, key=key)))
         except AlreadyExists:
             # another unpack committed this chain ID meanwhile: theirs is the same layer
-            await _remove(snapshots, snapshotter, key)
+            with contextlib.suppress(Exception):
+                await _remove(snapshots, snapshotter, key)
+            return
     except BaseException:
         with contextlib.suppress(Exception):   # the original failure is what the caller needs
             await _remove(snapshots, snapshotter, key)

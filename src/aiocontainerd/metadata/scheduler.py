@@ -5,10 +5,12 @@ than ``pause_threshold`` of the daemon's time (collections hold every snapshotte
 the content commit lock: run after every deletion, they would stall the next container's
 snapshot and spend a core while its runtime starts):
 
-- once ``startup_delay`` after the daemon starts (cleans up what a killed daemon left);
-- after a collection that took ``t`` on average (at least 5 ms), the next one is due
-  ``t / pause_threshold - t`` later (0.02: at least ~245 ms); when it is due it runs only
-  if something was deleted meanwhile, else it is due again as much later;
+- once ``startup_delay`` after the daemon starts (cleans up what a killed daemon left;
+  none with ``0s``);
+- after a collection that took ``t`` on average under its locks (at least 5 ms), the next
+  one is due ``t / pause_threshold - t`` later (0.02: at least ~245 ms; 0: every second);
+  when it is due it runs only if something was deleted meanwhile, else it is due again as
+  much later; deletions a failed collection did not collect stay owed;
 - a deletion (images, content, leases, containers, snapshots) brings a collection forward
   to ``schedule_delay`` from now only when none is due yet (before the first one), or
   when ``deletion_threshold`` N > 0 deletions have accumulated;
@@ -24,7 +26,6 @@ import contextlib
 import dataclasses
 import logging
 import re
-import time
 
 from ..plugin import METADATA, InitContext, Registration
 from .gc import GarbageCollector, GCStats
@@ -55,11 +56,11 @@ class SchedulerConfig:
     startup_delay: str = "100ms"
 
     def validate(self) -> None:
-        """Raises ValueError for a bad duration or a pause threshold outside (0, 0.5]."""
+        """Raises ValueError for a bad duration or a pause threshold outside [0, 0.5]."""
         for name in ("schedule_delay", "startup_delay"):
             parse_duration(getattr(self, name))
-        if not 0.0 < self.pause_threshold <= 0.5:
-            raise ValueError(f"pause_threshold {self.pause_threshold} is not in (0, 0.5]")
+        if not 0.0 <= self.pause_threshold <= 0.5:
+            raise ValueError(f"pause_threshold {self.pause_threshold} is not in [0, 0.5]")
 
 
 class Scheduler:
@@ -79,7 +80,10 @@ class Scheduler:
         self._due: float | None = None     # loop time of the next collection
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._schedule(parse_duration(config.startup_delay))
+        self._closed = False
+        startup = parse_duration(config.startup_delay)
+        if startup > 0:                    # containerd: no start-up collection with 0
+            self._schedule(startup)
         self.last: GCStats | None = None
 
     def deleted(self) -> None:
@@ -91,6 +95,8 @@ class Scheduler:
                 self._schedule(self._delay)
 
     def _schedule(self, delay: float) -> None:
+        if self._closed:
+            return
         if self._timer is not None:
             self._timer.cancel()
         self._due = self._loop.time() + delay
@@ -99,7 +105,7 @@ class Scheduler:
     def _fire(self) -> None:
         self._timer = self._due = None
         if self._task is not None and not self._task.done():
-            self._schedule(self._interval)      # a sync collection is running: later
+            self._schedule(self._interval)      # the previous one is still running: later
             return
         if self._collected and self._deletions == 0:
             self._schedule(self._interval)      # nothing deleted since: not needed yet
@@ -111,18 +117,23 @@ class Scheduler:
             await self._collect()
         except Exception:
             log.exception("garbage collection failed")
-            self._collected = True
-            self._schedule(self._interval + 1.0)
+            self._schedule(self._interval + 1.0)   # the deletions are still owed: retried then
 
     async def _collect(self) -> GCStats:
-        self._deletions = 0
-        started = time.perf_counter()
-        stats = await self._collector.collect()
-        self._gc_seconds += time.perf_counter() - started
+        deletions, self._deletions = self._deletions, 0
+        try:
+            stats = await self._collector.collect()
+        except BaseException:
+            self._deletions += deletions   # not collected (failed or cancelled): still owed
+            raise
+        # the time under the collector's locks (containerd's stats.Elapsed()), not the wait
+        # for them: a collection queued behind an unpack must not stretch the interval
+        self._gc_seconds += stats.seconds
         self._collections += 1
         self._collected = True
-        avg = max(self._gc_seconds / self._collections, MIN_GC_SECONDS)
-        self._interval = avg / self._pause - avg
+        if self._pause > 0:                # containerd: 0 keeps the interval at 1 s
+            avg = max(self._gc_seconds / self._collections, MIN_GC_SECONDS)
+            self._interval = avg / self._pause - avg
         self._schedule(self._interval)
         self.last = stats
         return stats
@@ -132,6 +143,7 @@ class Scheduler:
         return await self._collect()
 
     async def close(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
