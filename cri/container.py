@@ -720,12 +720,9 @@ class ContainerRPCs:
             status, exited_at = 255, _now()
         await self._handle_exit(id_, status, exited_at)
 
-    async def handle_container_exit(self, container_id: str, status: int, exited_at: int) -> None:
-        """A container's init exited (from the service's ``/tasks/exit`` monitor or recovery):
-        task deleted, exit recorded, CONTAINER_STOPPED — once, whoever reports it first."""
-        await self._handle_exit(container_id, status, exited_at)
-
     async def _handle_exit(self, id_: str, status: int, exited_at: int) -> None:
+        """A container's init exited: task deleted, exit recorded, CONTAINER_STOPPED — once,
+        whoever reports it first."""
         live = self._live_of(id_)
         try:
             await self._delete_task(id_, kill=False)

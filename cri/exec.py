@@ -65,6 +65,7 @@ from aiocontainerd.errors import (
     NotFound,
     Unavailable,
 )
+from aiocontainerd.tasks import wait_fd
 
 from .streaming.runtime import AsyncReader, AsyncWriter, TerminalSize
 
@@ -135,28 +136,13 @@ class CappedBuffer:
 
 # -- FIFO plumbing -------------------------------------------------------------------------------
 
-async def _wait_fd(fd: int, *, write: bool) -> None:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_writer if write else loop.add_reader)(fd, ready)
-    try:
-        await fut
-    finally:
-        (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
 async def read_fd(fd: int, n: int = CHUNK) -> bytes:
     """Read from a non-blocking fd; ``b""`` at EOF."""
     while True:
         try:
             return os.read(fd, n)
         except BlockingIOError:
-            await _wait_fd(fd, write=False)
+            await wait_fd(fd, write=False)
         except OSError as e:
             if e.errno == errno.EIO:   # pty master after the slave closed
                 return b""
@@ -170,7 +156,7 @@ async def write_fd(fd: int, data: bytes) -> None:
         try:
             n = os.write(fd, view)
         except BlockingIOError:
-            await _wait_fd(fd, write=True)
+            await wait_fd(fd, write=True)
             continue
         view = view[n:]
 

@@ -12,20 +12,16 @@ then:
    pid; stopped → the task deleted, NOTREADY with the exit status; gone →
    NOTREADY (its netns, CNI attachment and ``/dev/shm`` stay until
    StopPodSandbox, which kubelet calls for a NOTREADY pod, tears them down);
-3. reconciles each container with its task: running → RUNNING with the pid;
-   created → CREATED; stopped → EXITED with the task's exit status and time
-   (the task deleted); gone while RUNNING → EXITED with the exit code 255 and
-   reason ``Unknown`` (containerd's ``unknownExitCode``), unless the record
-   already says EXITED;
+3. has the container mixin reconcile each container with its task
+   (:meth:`~.container.ContainerRPCs.recover_containers`: running → watched
+   again; stopped or gone → EXITED, the task deleted);
 4. removes leftovers no record owns: ``<root|state>/io.containerd.grpc.v1.cri/
    sandboxes/<id>`` folders (``shm`` unmounted first) and, when netns are pinned
    under the state folder, unreferenced ``cni-*`` pins there (never
    ``/var/run/netns``, which other runtimes share).
 
-READY pods get their exit watcher again. Containers are reconciled by the
-container mixin's ``recover_containers`` when it has one (it watches them
-again); step 3 is the fallback. Errors are logged per object; recovery never
-raises.
+READY pods get their exit watcher again. Errors are logged per object;
+recovery never raises.
 """
 
 from __future__ import annotations
@@ -42,13 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiocontainerd.errors import ContainerdError, NotFound
 
 from . import netns as netns_
-from .state import (
-    CONTAINER_CREATED,
-    CONTAINER_EXITED,
-    CONTAINER_RUNNING,
-    SANDBOX_NOTREADY,
-    SANDBOX_READY,
-)
+from .state import SANDBOX_NOTREADY, SANDBOX_READY
 
 if TYPE_CHECKING:
     from .service import RuntimeService
@@ -56,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN_EXIT_CODE = 255
-UNKNOWN_EXIT_REASON = "Unknown"
 # containerd.types.task.Status
 STATUS_CREATED, STATUS_RUNNING, STATUS_STOPPED, STATUS_PAUSED = 1, 2, 3, 4
 
@@ -86,14 +75,10 @@ async def recover(service: RuntimeService) -> None:
         log.exception("loading the CRI records failed")
         return
     await asyncio.gather(*(_recover_sandbox(service, sb) for sb in list(state.sandboxes.values())))
-    containers = getattr(service, "recover_containers", None)
-    if containers is not None:   # the container mixin watches its containers again itself
-        try:
-            await containers()
-        except Exception:
-            log.exception("recovering containers failed")
-    else:
-        await asyncio.gather(*(_recover_container(service, c) for c in list(state.containers.values())))
+    try:   # the container mixin watches its containers again itself
+        await service.recover_containers()
+    except Exception:
+        log.exception("recovering containers failed")
     try:
         await asyncio.to_thread(_cleanup_orphans, service)
     except Exception:
@@ -122,32 +107,6 @@ async def _recover_sandbox(service: RuntimeService, sb: Any) -> None:
             await service.state.save_sandbox(sb)
     except Exception:
         log.exception("recovering sandbox %s", sb.id)
-
-
-async def _recover_container(service: RuntimeService, c: Any) -> None:
-    try:
-        st = await _task_state(service, c.id)
-        handler = service.record_container_exit
-        if st is not None and st.status in (STATUS_RUNNING, STATUS_PAUSED):
-            if c.state != CONTAINER_RUNNING or c.pid != st.pid:
-                c.state = CONTAINER_RUNNING
-                c.pid = st.pid
-                await service.state.save_container(c)
-        elif st is not None and st.status == STATUS_CREATED:
-            if c.state != CONTAINER_CREATED:
-                c.state = CONTAINER_CREATED
-                await service.state.save_container(c)
-        elif st is not None:
-            await handler(c.id, st.exit_status, _ns(st.exited_at))
-        elif c.state == CONTAINER_RUNNING:
-            c.state = CONTAINER_EXITED
-            c.exit_code = UNKNOWN_EXIT_CODE
-            c.reason = UNKNOWN_EXIT_REASON
-            c.finished_at = time.time_ns()
-            c.pid = 0
-            await service.state.save_container(c)
-    except Exception:
-        log.exception("recovering container %s", c.id)
 
 
 def _cleanup_orphans(service: RuntimeService) -> None:

@@ -182,7 +182,9 @@ def _task_status_name(status: Any) -> str:
 
 
 class SandboxRPCs:
-    """The pod sandbox RPCs (see the module doc). Needs ``self.plugin`` and ``self.state``."""
+    """The pod sandbox RPCs (see the module doc). Needs ``self.plugin`` and ``self.state``,
+    and calls :class:`~.container.ContainerRPCs`'s ``stop_container_record`` /
+    ``remove_container_record`` and :meth:`~.service.RuntimeService.handle_exit`."""
 
     plugin: CRIPlugin
     state: CRIState
@@ -454,7 +456,7 @@ class SandboxRPCs:
         """Stop containers, pause task, network and shm of a pod (idempotent)."""
         for c in self.state.sandbox_containers(record.id):
             if c.state != CONTAINER_EXITED:
-                await self._stop_pod_container(c)
+                await self.stop_container_record(c, 0)
         changed = record.state != SANDBOX_NOTREADY
         was_ready = False   # READY until the pause task was stopped here, not by its exit handler
 
@@ -491,43 +493,6 @@ class SandboxRPCs:
         if was_ready:
             self.state.container_event(record.id, api.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
-    async def _stop_pod_container(self, c: Any) -> None:
-        for name in ("stop_container_record", "_stop_container"):
-            helper = getattr(self, name, None)
-            if helper is not None:
-                await helper(c, 0)
-                return
-        # no container mixin helper: kill the task, record the exit
-        try:
-            task = self.tasks.get(self.state.namespace, c.id)
-        except NotFound:
-            task = None
-        if task is not None:
-            with contextlib.suppress(NotFound, FailedPrecondition):
-                await task.kill(9, all=True)
-            with contextlib.suppress(TimeoutError, ContainerdError):
-                exit_ = await asyncio.wait_for(task.wait(), STOP_WAIT)
-                await self.record_container_exit(c.id, exit_.status, exit_.exited_at)
-
-    async def record_container_exit(self, container_id: str, status: int, exited_at: int) -> None:
-        """Fallback exit handling for a container (used when the container mixin has none):
-        EXITED with the status, task deleted, CONTAINER_STOPPED."""
-        c = self.state.containers.get(container_id)
-        if c is None:
-            return
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await self.tasks.delete(self.state.namespace, container_id)
-        if c.state == CONTAINER_EXITED:
-            return
-        c.state = CONTAINER_EXITED
-        c.exit_code = status
-        c.finished_at = exited_at or time.time_ns()
-        c.pid = 0
-        c.reason = c.reason or ("Completed" if status == 0 else "Error")
-        with contextlib.suppress(NotFound):
-            await self.state.save_container(c)
-        self.state.container_event(container_id, api.ContainerEventType.CONTAINER_STOPPED_EVENT)
-
     # -- RemovePodSandbox -------------------------------------------------------------------
 
     async def remove_pod_sandbox(self, message: api.RemovePodSandboxRequest) -> api.RemovePodSandboxResponse:
@@ -540,29 +505,11 @@ class SandboxRPCs:
                 return api.RemovePodSandboxResponse()
             await self.stop_sandbox(record)
             for c in self.state.sandbox_containers(record.id):
-                await self._remove_pod_container(c)
+                await self.remove_container_record(c)
             await self._remove_sandbox_record(record)
         self.state.forget_lock(record.id)
         self.state.container_event(record.id, api.ContainerEventType.CONTAINER_DELETED_EVENT)
         return api.RemovePodSandboxResponse()
-
-    async def _remove_pod_container(self, c: Any) -> None:
-        for name in ("remove_container_record", "_remove_container"):
-            helper = getattr(self, name, None)
-            if helper is not None:
-                await helper(c)
-                return
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await self.tasks.delete(self.state.namespace, c.id)
-        with contextlib.suppress(NotFound):
-            await self.plugin.metadata.containers.delete(self.state.namespace, c.id)
-        if c.snapshotter and c.snapshot_key:
-            sn = self.plugin.metadata.snapshotters.get(c.snapshotter)
-            if sn is not None:
-                with contextlib.suppress(NotFound):
-                    await sn.remove(self.state.namespace, c.snapshot_key)
-        self.state.remove_container(c.id)
-        self.state.container_event(c.id, api.ContainerEventType.CONTAINER_DELETED_EVENT)
 
     async def _remove_sandbox_record(self, record: SandboxRecord) -> None:
         ns = self.state.namespace
@@ -637,9 +584,6 @@ class SandboxRPCs:
         resp = api.PodSandboxStatusResponse(status=self.sandbox_status(record))
         if message.verbose:
             resp.info = await self.sandbox_info(record)
-        statuses = getattr(self, "pod_container_statuses", None)
-        if statuses is not None:
-            resp.containers_statuses = await statuses(record.id)
         return resp
 
     # -- ListPodSandbox ---------------------------------------------------------------------
@@ -709,11 +653,7 @@ class SandboxRPCs:
                 status, exited_at = 255, time.time_ns()
             if watchers.get(sandbox_id) is asyncio.current_task():
                 del watchers[sandbox_id]
-            handler = getattr(self, "handle_exit", None)
-            if handler is not None:
-                await handler(sandbox_id, status, exited_at)
-            else:
-                await self.handle_sandbox_exit(sandbox_id, status, exited_at)
+            await self.handle_exit(sandbox_id, status, exited_at)
 
         watchers[sandbox_id] = asyncio.create_task(watch(), name=f"cri-sandbox-exit-{sandbox_id[:12]}")
 

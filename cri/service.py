@@ -31,8 +31,7 @@ containers) + the generated ``RuntimeServiceBase``. Every mixin uses
 - ``GetContainerEvents`` → a stream of every container event from now on
   (every subscriber gets every event; :meth:`CRIState.container_event`).
 - ``ListMetricDescriptors`` → ``cri.metrics.metric_descriptors()``;
-  ``ListPodSandboxMetrics`` → ``cri.metrics.list_pod_sandbox_metrics(service, req)``
-  when defined, else empty; ``PodSandboxStats``/``ListPodSandboxStats`` (READY
+  ``ListPodSandboxMetrics`` → empty (not collected yet); ``PodSandboxStats``/``ListPodSandboxStats`` (READY
   pods; filter by ID prefix and labels) built with ``cri.stats.pod_stats`` from
   the pod cgroup (``cgroup_parent``, else the pause task's), the containers'
   ``cri_container_stats`` and the pod netns interfaces (containerd's
@@ -65,19 +64,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiocontainerd.api.runtime import v1 as api
 from aiocontainerd.api.runtime.v1 import RuntimeServiceBase
-from aiocontainerd.errors import ContainerdError, NotFound, Unimplemented
+from aiocontainerd.errors import ContainerdError, NotFound
 
+from .container import ContainerRPCs
 from .sandbox import SandboxRPCs
 from .state import CRIState
 
 if TYPE_CHECKING:
     from .plugin import CRIPlugin
-
-try:
-    from .container import ContainerRPCs
-except ImportError:  # cri/container.py not written yet
-    class ContainerRPCs:  # type: ignore[no-redef]
-        """Placeholder until ``cri/container.py`` exists."""
 
 log = logging.getLogger(__name__)
 
@@ -304,12 +298,10 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
         if sb is not None:
             event.pod_sandbox_status = self.sandbox_status(sb)
             statuses = []
-            builder = getattr(self, "cri_container_status", None)
             for rec in self.state.sandbox_containers(sandbox_id):
-                if builder is not None:
-                    with contextlib.suppress(Exception):
-                        statuses.append(builder(rec))
-                        continue
+                with contextlib.suppress(Exception):
+                    statuses.append(self.cri_container_status(rec))
+                    continue
                 statuses.append(api.ContainerStatus(
                     id=rec.id, metadata=rec.config.metadata, state=rec.cri_state,
                     created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
@@ -321,30 +313,17 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
 
     # -- metrics and stats -------------------------------------------------------------------
 
-    @staticmethod
-    def _delegate(module: str, name: str) -> Any:
-        """``cri.<module>.<name>`` if that module exists and defines it, else None."""
-        import importlib
-
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ImportError:
-            return None
-        return getattr(mod, name, None)
-
     async def list_metric_descriptors(self, message: api.ListMetricDescriptorsRequest
                                       ) -> api.ListMetricDescriptorsResponse:
-        fn = self._delegate("metrics", "metric_descriptors")
-        if fn is None:
-            return api.ListMetricDescriptorsResponse()
-        return api.ListMetricDescriptorsResponse(descriptors=list(fn()))
+        from .metrics import metric_descriptors
+
+        return api.ListMetricDescriptorsResponse(descriptors=metric_descriptors())
 
     async def list_pod_sandbox_metrics(self, message: api.ListPodSandboxMetricsRequest
                                        ) -> api.ListPodSandboxMetricsResponse:
-        fn = self._delegate("metrics", "list_pod_sandbox_metrics")
-        if fn is None:
-            return api.ListPodSandboxMetricsResponse()
-        return await _maybe_await(fn(self, message))
+        # not collected yet: cri.metrics builds the messages (container_metrics,
+        # pod_sandbox_metrics) but nothing gathers their inputs
+        return api.ListPodSandboxMetricsResponse()
 
     async def cri_pod_stats(self, record: Any) -> api.PodSandboxStats:
         """One pod's stats from ``cri/stats.py``: the pod cgroup (``cgroup_parent``, else the
@@ -360,12 +339,10 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
                 metrics = await stats.read_metrics(pid=record.pid)
         containers = []
         pids: list[int] = []
-        builder = getattr(self, "cri_container_stats", None)
-        if builder is not None:
-            for c in self.state.sandbox_containers(record.id):
-                if c.state == "CONTAINER_RUNNING":
-                    with contextlib.suppress(ContainerdError, OSError):
-                        containers.append(await builder(c, pids))
+        for c in self.state.sandbox_containers(record.id):
+            if c.state == "CONTAINER_RUNNING":
+                with contextlib.suppress(ContainerdError, OSError):
+                    containers.append(await self.cri_container_stats(c, pids))
         interfaces = None
         if not record.host_network and record.netns_path:
             with contextlib.suppress(OSError):
@@ -376,14 +353,10 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
 
     async def pod_sandbox_stats(self, message: api.PodSandboxStatsRequest) -> api.PodSandboxStatsResponse:
         record = self.state.get_sandbox(message.pod_sandbox_id)
-        if self._delegate("stats", "pod_stats") is None:
-            raise Unimplemented("pod sandbox stats are not available yet")
         return api.PodSandboxStatsResponse(stats=await self.cri_pod_stats(record))
 
     async def list_pod_sandbox_stats(self, message: api.ListPodSandboxStatsRequest
                                      ) -> api.ListPodSandboxStatsResponse:
-        if self._delegate("stats", "pod_stats") is None:
-            raise Unimplemented("pod sandbox stats are not available yet")
         f = message.filter
         out = []
         for record in sorted(self.state.sandboxes.values(), key=lambda r: r.created_at):
@@ -408,8 +381,6 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
             if id_ in self.state.sandboxes:
                 async with self.state.lock(id_):
                     await self.handle_sandbox_exit(id_, status, exited_at)
-            elif id_ in self.state.containers and not hasattr(self, "recover_containers"):
-                await self.record_container_exit(id_, status, exited_at)
         except NotFound:
             pass
         except Exception:
@@ -421,12 +392,6 @@ class RuntimeService(SandboxRPCs, ContainerRPCs, RuntimeServiceBase):
             t.cancel()
         self.sandbox_watchers.clear()
         self.state.close_events()
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        return await value
-    return value
 
 
 def make_cni(plugin: CRIPlugin) -> Any:
@@ -471,13 +436,10 @@ async def setup(plugin: CRIPlugin) -> RuntimeService:
 
 async def start_streaming(plugin: CRIPlugin, service: RuntimeService) -> Any:
     """The streaming server on ``stream_server_address:stream_server_port`` with the
-    StreamRuntime of ``cri/exec.py`` (None when that module is missing)."""
+    StreamRuntime of ``cri/exec.py``."""
+    from .exec import CRIStreamRuntime
     from .streaming import StreamingServer
 
-    try:
-        from .exec import CRIStreamRuntime
-    except ImportError:
-        return None
     cfg = plugin.config
     server = StreamingServer(CRIStreamRuntime(service), address=cfg.stream_server_address,
                              port=int(cfg.stream_server_port),

@@ -117,6 +117,21 @@ async def _aclose(gen: AsyncIterator | None) -> None:
             await gen.aclose()  # type: ignore[attr-defined]
 
 
+async def _until_gone(work: asyncio.Future[Any], gone: Awaitable[Any]) -> None:
+    """Wait until ``work`` ends or ``gone`` does (the client went away), whichever is first.
+    ``gone`` is then cancelled, and so is ``work`` if it has not ended (and awaited, so its
+    clean-up has run): afterwards ``work.cancelled()`` says it was cut short."""
+    watch = asyncio.ensure_future(gone)
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+
+
 # --- raw upgrade plumbing for SPDY -----------------------------------------------------------
 
 
@@ -319,15 +334,10 @@ class Handlers:
                                  send_error: Callable[[bytes], Awaitable[None]], write_status) -> None:
         """Run the runtime call until it returns or the client is gone; report its status."""
         work = asyncio.ensure_future(call(stdin, stdout, stderr, resize))
-        watch = asyncio.ensure_future(gone())
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await _until_gone(work, gone())
         finally:
-            watch.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await work
+            if work.cancelled() or not work.done():   # cut short
                 for w in (stdout, stderr):
                     if w is not None:
                         w.abort()
@@ -496,15 +506,11 @@ class Handlers:
                                                    f"{req.pod_sandbox_id}, uid : {e}".encode())
 
             work = asyncio.ensure_future(asyncio.gather(*(forward(i, p) for i, p in enumerate(ports))))
-            watch = asyncio.ensure_future(conn.wait_closed())
             try:
-                await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+                await _until_gone(work, conn.wait_closed())
             finally:
-                watch.cancel()
-                if not work.done():
-                    work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await work
+                    await work   # its error, if any, retrieved
             return conn.ws
         finally:
             await conn.close()

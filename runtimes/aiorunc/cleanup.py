@@ -13,13 +13,13 @@ Errors of the runtime or the unmount are logged to stderr, not fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 
-RUNC_ROOT = "/run/containerd/runc"
 OPTIONS_FILE = "options.json"
 RUNTIME_FILE = "runtime"
 
@@ -45,10 +45,12 @@ def read_runtime(bundle: str) -> tuple[str, str, bool]:
 
 def delete_bundle(bundle: str, id: str, namespace: str) -> bytes:
     """Force-delete container ``id`` of ``bundle``; the serialized DeleteResponse."""
+    from aiocontainerd import errors
     from aiocontainerd.api.containerd.task.v2 import DeleteResponse
     from aiocontainerd.mount.mounting import unmount_blocking
 
     from .publisher import timestamp
+    from .runc import INIT_PID_FILE, RUNC_ROOT, read_pid_file
 
     binary, root, systemd = read_runtime(bundle)
     argv = [binary, "--root", os.path.join(root or RUNC_ROOT, namespace),
@@ -68,11 +70,8 @@ def delete_bundle(bundle: str, id: str, namespace: str) -> bytes:
         sys.stderr.write(f"failed to cleanup rootfs mount: {e}\n")
     remove_dead_socket(bundle)
     pid = 0
-    try:
-        with open(os.path.join(bundle, "init.pid")) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, errors.ContainerdError):
+        pid = read_pid_file(os.path.join(bundle, INIT_PID_FILE))
     return bytes(DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL, exited_at=timestamp()))
 
 

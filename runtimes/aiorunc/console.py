@@ -28,6 +28,8 @@ import socket
 import struct
 import termios
 
+from aiocontainerd.tasks import wait_fd
+
 #: unix socket paths must fit sockaddr_un.sun_path (108 bytes with the NUL)
 MAX_SOCKET_PATH = 107
 
@@ -90,12 +92,7 @@ class ConsoleSocket:
                 try:
                     msg, fds = _recv_fd(conn)
                 except BlockingIOError:
-                    fut = loop.create_future()
-                    loop.add_reader(conn.fileno(), _wake, fut)
-                    try:
-                        await fut
-                    finally:
-                        loop.remove_reader(conn.fileno())
+                    await wait_fd(conn.fileno(), write=False)
                     continue
                 if not fds:
                     raise ConnectionError("console socket: no pty master received")
@@ -119,11 +116,6 @@ class ConsoleSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _recv_fd(conn: socket.socket) -> tuple[bytes, list[int]]:

@@ -274,35 +274,27 @@ def _connect_forkserver(key: str) -> socket.socket | None:
         return None
 
 
-def _detached_exec(argv: list[str], fds: dict[int, int]) -> None:
-    """Run ``argv`` double-forked in its own session with stdio on /dev/null.
+#: fd numbers the sources of a :func:`_detached_exec` mapping pass through, so that
+#: mapping one fd never overwrites another still to be mapped
+_SPARE_FD = 200
 
-    ``fds`` maps target fd numbers to our fds.  Waits only for the intermediate child.
+
+def _detached_exec(argv: list[str], fds: dict[int, int]) -> None:
+    """Run ``argv`` detached: its own session, stdio on /dev/null, our fd ``fds[t]`` as its
+    fd ``t`` (every other fd of ours is close-on-exec), re-parented at once.
+
+    Started by ``posix_spawn`` (fork and exec done in C) of ``sh -c '"$@" &'``, which starts
+    it in the background and exits; that is all we wait for. No Python runs in a copy of
+    the caller between fork and exec: the caller may be the daemon (warming the fork
+    server), whose other threads and whose root/state lock fds a forked copy would hold.
     """
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            null = os.open(os.devnull, os.O_RDWR)
-            moved = {t: os.dup(f) for t, f in fds.items()}
-            for t in (0, 1, 2):
-                os.dup2(null, t)
-            for t, f in moved.items():
-                if f != t:
-                    os.dup2(f, t)
-                os.set_inheritable(t, True)
-            for fd in range(3, max([3, *fds]) + 1):   # below the targets: only the targets
-                if fd not in fds:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            os.closerange(max([3, *fds]) + 1, 65536)
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
+    actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+                            (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    actions += [(os.POSIX_SPAWN_DUP2, f, _SPARE_FD + t) for t, f in fds.items()]
+    for t in fds:
+        actions += [(os.POSIX_SPAWN_DUP2, _SPARE_FD + t, t), (os.POSIX_SPAWN_CLOSE, _SPARE_FD + t)]
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", '"$@" &', "sh", *argv], os.environ,
+                         file_actions=actions, setsid=True)
     os.waitpid(pid, 0)
 
 

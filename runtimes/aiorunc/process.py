@@ -26,6 +26,8 @@ from aiocontainerd import errors
 from aiocontainerd.api.containerd.v1.types import Status
 from aiocontainerd.api.google import protobuf as pb
 
+from .publisher import timestamp
+
 #: Go's ``protobuf.ToTimestamp(time.Time{})``: the exited_at of a running process
 ZERO_TIME = -62135596800
 
@@ -73,8 +75,7 @@ class Process:
         """Exit time as a Timestamp (Go's zero time when not exited)."""
         if not self.exited_at_ns:
             return pb.Timestamp(seconds=ZERO_TIME, nanos=0)
-        ns = self.exited_at_ns
-        return pb.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+        return timestamp(self.exited_at_ns)
 
     def set_exited(self, status: int) -> None:
         """Record the exit (``stopped``), once; wakes every Wait."""

@@ -47,7 +47,7 @@ from aiocontainerd.api.google import protobuf as pb
 
 from .process import Container, Process, Stdio
 from .publisher import Publisher, pack_any
-from .runc import RuncError
+from .runc import DEFAULT_BINARY, RUNC_ROOT, Runc, RuncError, read_pid_file
 
 if TYPE_CHECKING:
     from .reaper import Reaper
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("aiorunc.service")
 
 TASK_SERVICE = "containerd.task.v2.Task"
-RUNC_ROOT = "/run/containerd/runc"
 #: seconds Delete waits for an exec's output to drain (Go: 2 s)
 EXEC_IO_WAIT = 2.0
 #: seconds Delete waits for the init's output to drain
@@ -109,7 +108,7 @@ def _write_bundle_options(bundle: str, opts: runcopts.Options) -> None:
     with open(os.path.join(bundle, "options.json"), "w") as f:
         json.dump(data, f)
     with open(os.path.join(bundle, "runtime"), "w") as f:
-        f.write(opts.binary_name or "runc")
+        f.write(opts.binary_name or DEFAULT_BINARY)
 
 
 @contextlib.contextmanager
@@ -121,11 +120,6 @@ def _runtime_failed(what: str) -> Iterator[None]:
         yield
     except RuncError as e:
         raise errors.ContainerdError(f"{what}: {e.message}") from None
-
-
-def _read_pid(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().strip())
 
 
 class TaskService:
@@ -182,9 +176,7 @@ class TaskService:
             raise errors.NotFound("container not created") from None
 
     def _runc(self, opts: runcopts.Options, bundle: str):
-        from .runc import Runc
-
-        return Runc(self.reaper, binary=opts.binary_name or "runc",
+        return Runc(self.reaper, binary=opts.binary_name or DEFAULT_BINARY,
                     root=os.path.join(opts.root or RUNC_ROOT, self.namespace),
                     log=os.path.join(bundle, "log.json"),
                     systemd_cgroup=opts.systemd_cgroup, debug=self.cfg.debug)
@@ -292,7 +284,7 @@ class TaskService:
             finally:
                 if master is not None and not master.done():
                     master.cancel()
-            p.pid = _read_pid(pid_file)
+            p.pid = read_pid_file(pid_file)
             if r.checkpoint:
                 p.state = "running"
         except BaseException:
@@ -389,7 +381,7 @@ class TaskService:
             p.io.start_copying()
             if master is not None:
                 await p.io.attach_console(await asyncio.wait_for(master, 10))
-            p.pid = _read_pid(pid_file)
+            p.pid = read_pid_file(pid_file)
         except BaseException:
             with contextlib.suppress(Exception):
                 await p.io.close()

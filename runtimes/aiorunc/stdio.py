@@ -59,6 +59,7 @@ import urllib.parse
 from collections.abc import Callable
 
 from aiocontainerd import errors
+from aiocontainerd.tasks import wait_fd
 
 from .console import set_winsize
 from .reaper import DEVNULL, Child, Reaper
@@ -72,36 +73,15 @@ F_SETPIPE_SZ = 1031
 LOGGER_TERM_TIMEOUT = 12.0
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _wait_fd(fd: int, *, write: bool) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    if write:
-        loop.add_writer(fd, _wake, fut)
-    else:
-        loop.add_reader(fd, _wake, fut)
-    try:
-        await fut
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 async def _read(fd: int, *, wait_first: bool = False) -> bytes:
     """Read up to COPY_BUFFER bytes; ``b""`` at EOF (EIO from a hung-up pty master is EOF)."""
     if wait_first:
-        await _wait_fd(fd, write=False)
+        await wait_fd(fd, write=False)
     while True:
         try:
             return os.read(fd, COPY_BUFFER)
         except BlockingIOError:
-            await _wait_fd(fd, write=False)
+            await wait_fd(fd, write=False)
         except InterruptedError:
             continue
         except OSError as e:
@@ -118,7 +98,7 @@ async def _write_all(fd: int, data: bytes, *, regular: bool = False) -> None:
         except BlockingIOError:
             if regular:  # pragma: no cover - regular files do not return EAGAIN
                 raise
-            await _wait_fd(fd, write=True)
+            await wait_fd(fd, write=True)
             continue
         except InterruptedError:
             continue
@@ -502,28 +482,28 @@ async def _setup(pio: ProcessIO, scheme: str, id: str, namespace: str, reaper: R
                     pio._sinks.append(sink)
                     targets[i] = sink
         for i, sink in enumerate(targets):
-            if sink is None:
-                continue
-            r, w = pio._pipe()
-            pio._child[i + 1] = w
-            pio._child_owned.append(w)
-            chown(w)
-            _set_nonblocking(r)
-            pio._out_sources.append((r, sink))
+            if sink is not None:
+                _pipe_out(pio, i + 1, sink, chown)
         return
 
     # binary logger
     if _is_cri_logger(pio.stdout_path):
         for i, sink in enumerate(_cri_log_sinks(pio, 2)):
             pio._sinks.append(sink)  # type: ignore[arg-type]
-            r, w = pio._pipe()
-            pio._child[i + 1] = w
-            pio._child_owned.append(w)
-            chown(w)
-            _set_nonblocking(r)
-            pio._out_sources.append((r, sink))
+            _pipe_out(pio, i + 1, sink, chown)  # type: ignore[arg-type]
     else:
         await _start_logger(pio, scheme, id, namespace, reaper, chown)
+
+
+def _pipe_out(pio: ProcessIO, child_fd: int, sink: _Sink, chown: Callable[[int], None]) -> None:
+    """A pipe whose write end is the child's fd ``child_fd`` (1 or 2) and whose read end
+    is copied to ``sink``."""
+    r, w = pio._pipe()
+    pio._child[child_fd] = w
+    pio._child_owned.append(w)
+    chown(w)
+    _set_nonblocking(r)
+    pio._out_sources.append((r, sink))
 
 
 def _fifo_path(path: str) -> str:

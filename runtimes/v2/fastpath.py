@@ -72,19 +72,16 @@ def _own_oom_score() -> int:
         return 0
 
 
-async def _send(loop: asyncio.AbstractEventLoop, conn: socket.socket, data: bytes, fd: int) -> None:
+async def _send(conn: socket.socket, data: bytes, fd: int) -> None:
+    from aiocontainerd.tasks import wait_fd
+
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
     while True:
         try:
             conn.sendmsg([data], anc)
             return
         except BlockingIOError:
-            fut = loop.create_future()
-            loop.add_writer(conn.fileno(), lambda f=fut: f.done() or f.set_result(None))
-            try:
-                await fut
-            finally:
-                loop.remove_writer(conn.fileno())
+            await wait_fd(conn.fileno(), write=True)
 
 
 async def _ask_forkserver(key: str, req: dict, sock: socket.socket, limit: float) -> int | None:
@@ -109,7 +106,7 @@ async def _ask_forkserver(key: str, req: dict, sock: socket.socket, limit: float
                 await asyncio.sleep(0.005)
                 continue
             try:
-                await _send(loop, conn, data, sock.fileno())
+                await _send(conn, data, sock.fileno())
                 async with asyncio.timeout(limit):
                     reply = await loop.sock_recv(conn, 4096)
             except (ConnectionResetError, BrokenPipeError):

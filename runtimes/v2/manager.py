@@ -67,6 +67,8 @@ from aiocontainerd.errors import (
     reworded,
 )
 from aiocontainerd.plugin import EVENT, METADATA, RUNTIME, InitContext, Registration
+from aiocontainerd.services.convert import from_timestamp, timestamp
+from aiocontainerd.tasks import complete
 
 from . import binary as binary_
 from . import fastpath
@@ -144,15 +146,6 @@ class Exit:
     status: int
     exited_at: int
     pid: int = 0
-
-
-def _ts_ns(ts: pb.Timestamp | None) -> int:
-    return 0 if ts is None else ts.seconds * 1_000_000_000 + ts.nanos
-
-
-def _ts(ns: int) -> pb.Timestamp:
-    s, n = divmod(ns, 1_000_000_000)
-    return pb.Timestamp(seconds=s, nanos=n)
 
 
 class Task:
@@ -234,7 +227,7 @@ class Task:
         if not exec_id:
             raise InvalidArgument("exec id must be set to delete a process")
         r = await self._call(self.shim.delete, exec_id)
-        return Exit(r.exit_status, _ts_ns(r.exited_at), r.pid)
+        return Exit(r.exit_status, from_timestamp(r.exited_at), r.pid)
 
     async def pids(self) -> list[ptypes.ProcessInfo]:
         return await self._call(self.shim.pids)
@@ -270,7 +263,7 @@ class Task:
             if self.closing and not self.dead.done():
                 raise Unavailable(f"task {self.id}: shim connection closed") from None
             return await asyncio.shield(self.dead)
-        return Exit(r.exit_status, _ts_ns(r.exited_at), 0)
+        return Exit(r.exit_status, from_timestamp(r.exited_at), 0)
 
 
 class TaskManager:
@@ -391,7 +384,7 @@ class TaskManager:
         except BaseException as e:
             log.warning("failed to create task", extra={"fields": {
                 "id": container.id, "namespace": namespace, "runtime": runtime, "error": str(e)}})
-            await _shielded(self._undo_create(bundle, command, shim, started))
+            await complete(self._undo_create(bundle, command, shim, started))
             shim_log.close()
             if isinstance(e, ContainerdError) and not isinstance(e, binary_.ShimError):
                 raise
@@ -434,7 +427,7 @@ class TaskManager:
         shim = task.shim
         try:
             r = await shim.delete()
-            exit_ = Exit(r.exit_status, _ts_ns(r.exited_at), r.pid)
+            exit_ = Exit(r.exit_status, from_timestamp(r.exited_at), r.pid)
         except (ttrpc.Closed, ConnectionError):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task.cleaned.wait()), 15)
@@ -445,7 +438,7 @@ class TaskManager:
         self._tasks.pop((namespace, id_), None)
         if not task.dead.done():
             task.dead.set_result(exit_)
-        await _shielded(self._finish_delete(task))
+        await complete(self._finish_delete(task))
         return exit_
 
     async def _finish_delete(self, task: Task) -> None:
@@ -495,7 +488,7 @@ class TaskManager:
     def _publish_dead(self, namespace: str, id_: str, exit_: Exit) -> None:
         if self.exchange is None:
             return
-        ts = _ts(exit_.exited_at)
+        ts = timestamp(exit_.exited_at)
         try:
             self.exchange.publish(namespace, TASK_EXIT, eventsapi.TaskExit(
                 container_id=id_, id=id_, pid=exit_.pid, exit_status=exit_.status, exited_at=ts))
@@ -717,15 +710,6 @@ def _write_start(bundle: Bundle, address: str, binary: str) -> None:
     bundle.write_shim_binary(binary)
 
 
-async def _shielded(coro: Awaitable[object]) -> None:
-    """Run ``coro`` to completion even if the caller is cancelled."""
-    fut = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await fut
-        raise
 
 
 async def _init(ctx: InitContext) -> TaskManager:

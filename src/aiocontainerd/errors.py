@@ -111,33 +111,34 @@ class Internal(ContainerdError):
     code = Status.INTERNAL
 
 
+#: the class of each code; codes without one are raised as :class:`ContainerdError`
 BY_CODE: dict[Status, type[ContainerdError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
-                Unavailable, Unimplemented, Aborted)
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable,
+                Unimplemented, Aborted, DeadlineExceeded, Canceled, Internal)
 }
 
 
 def from_status(code: int, message: str) -> ContainerdError:
-    """The core error for a gRPC status received from a server (client side)."""
-    return BY_CODE.get(Code(getattr(code, "value", code)), ContainerdError)(message)
+    """The core error for a status received from a server (client side): the class of its
+    code, else :class:`ContainerdError` carrying the code (``e.code`` is always the wire's)."""
+    try:
+        c = Code(getattr(code, "value", code))
+    except ValueError:
+        c = Code.UNKNOWN
+    err = BY_CODE.get(c, ContainerdError)(message)
+    if type(err) is ContainerdError:
+        err.code = c
+    return err
 
 
 @contextlib.contextmanager
 def reworded(prefix: str) -> Iterator[None]:
     """Re-raise a :class:`ContainerdError` from the block as ``"<prefix>: <message>"`` with
     the same code (Go's ``fmt.Errorf("<prefix>: %w", err)``, as containerd words the
-    errors it passes on: ``failed to create shim task: ...``)."""
+    errors it passes on: ``failed to create shim task: ...``); a subclass of a code is
+    raised again as that code's class."""
     try:
         yield
     except ContainerdError as e:
-        raise _STANDARD.get(e.code, ContainerdError)(f"{prefix}: {e.message}") from None
-
-
-#: the class of each code (every subclass of a code is raised again as this one)
-_STANDARD: dict[Status, type[ContainerdError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable,
-                Unimplemented, Aborted, DeadlineExceeded, Canceled, Internal)
-}
-
+        raise from_status(e.code, f"{prefix}: {e.message}") from None

@@ -29,3 +29,26 @@ async def complete(aw: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():   # the waiter may have been cancelled meanwhile
+        fut.set_result(None)
+
+
+async def wait_fd(fd: int, *, write: bool) -> None:
+    """Until the non-blocking ``fd`` is readable (``write``: writable), on the running loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    if write:
+        loop.add_writer(fd, _wake, fut)
+    else:
+        loop.add_reader(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+

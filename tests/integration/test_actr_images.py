@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, need_ctr
+from tests.conftest import DaemonProcess, blobs_on_disk, need_ctr
 from tests.support.images import busybox_image, multi_platform, oci_layout_tar, push
 from tests.support.registry import Registry, RegistryFront
 
@@ -51,11 +51,6 @@ async def ctr(d: DaemonProcess, *args: str, namespace: str | None = None,
 
 def out(result: subprocess.CompletedProcess[bytes]) -> list[str]:
     return result.stdout.decode().splitlines()
-
-
-def blobs_on_disk(d: DaemonProcess) -> set[str]:
-    folder = d.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
-    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
 def ls_rows(lines: list[str]) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import DaemonProcess, need_ctr
+from tests.conftest import DaemonProcess, blobs_on_disk, need_ctr
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +31,6 @@ def ingest(d: DaemonProcess, ref: str, data: bytes, namespace: str = "default",
         f.write(data)
         f.seek(0)
         return subprocess.run([*argv, ref], stdin=f, capture_output=True, timeout=60)
-
-
-def blobs_on_disk(d: DaemonProcess) -> set[str]:
-    folder = d.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
-    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
 def wait_for(predicate, timeout: float = 10) -> bool:

@@ -32,7 +32,7 @@ from aiocontainerd.api.containerd.types import Mount
 from aiocontainerd.api.containerd.v1.types import Status
 from aiocontainerd.api.google import protobuf as pb
 from aiocontainerd.mount.mounting import is_mountpoint
-from tests.support.runtime import busybox_rootfs
+from tests.support.runtime import busybox_rootfs, environ, processes
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BUSYBOX = "/bin/busybox"
@@ -156,6 +156,18 @@ class Harness:
         self.shim_pids.add(r.shim_pid)
         return r.shim_pid
 
+    async def started(self, id: str,
+                      args: list[str]) -> tuple[Path, str, ttrpc.Client, task.CreateTaskResponse]:
+        """A bundle running ``args``, its shim started and connected, the task created and
+        started: (bundle, shim address, client, Create's answer)."""
+        b = self.bundle(id, args)
+        address = await self.start(id, b)
+        c = await self.connect(address)
+        await self.shim_pid(c)
+        created = await self.call(c, "Create", self.create_request(id, b), task.CreateTaskResponse)
+        await self.call(c, "Start", task.StartRequest(id=id), task.StartResponse)
+        return b, address, c, created
+
     async def cleanup(self) -> None:
         for c in self.clients:
             await c.close()
@@ -266,12 +278,7 @@ async def test_echo_hi_exit_status_and_events(h: Harness) -> None:
 
 
 async def test_exit_code_7(h: Harness) -> None:
-    b = h.bundle("c2", ["sh", "-c", "exit 7"])
-    address = await h.start("c2", b)
-    c = await h.connect(address)
-    await h.shim_pid(c)
-    await h.call(c, "Create", h.create_request("c2", b), task.CreateTaskResponse)
-    await h.call(c, "Start", task.StartRequest(id="c2"), task.StartResponse)
+    b, address, c, _ = await h.started("c2", ["sh", "-c", "exit 7"])
     w = await h.call(c, "Wait", task.WaitRequest(id="c2"), task.WaitResponse)
     assert w.exit_status == 7
     st = await h.call(c, "State", task.StateRequest(id="c2"), task.StateResponse)
@@ -284,12 +291,7 @@ async def test_exit_code_7(h: Harness) -> None:
 
 
 async def test_exec_pause_resume_kill_stats(h: Harness) -> None:
-    b = h.bundle("c3", ["sleep", "1000"])
-    address = await h.start("c3", b)
-    c = await h.connect(address)
-    await h.shim_pid(c)
-    created = await h.call(c, "Create", h.create_request("c3", b), task.CreateTaskResponse)
-    await h.call(c, "Start", task.StartRequest(id="c3"), task.StartResponse)
+    b, address, c, created = await h.started("c3", ["sleep", "1000"])
     st = await h.call(c, "State", task.StateRequest(id="c3"), task.StateResponse)
     assert st.status == Status.RUNNING
 
@@ -417,12 +419,7 @@ async def test_forkserver_detaches_shims_then_idles_out_and_plain_fallback(h: Ha
     assert not _abstract_listening(key), "idle fork server did not exit"
 
     h.extra_env["AIORUNC_NO_FORKSERVER"] = "1"
-    b = h.bundle("f3", ["sh", "-c", "exit 5"])
-    address = await h.start("f3", b)
-    c = await h.connect(address)
-    await h.shim_pid(c)
-    await h.call(c, "Create", h.create_request("f3", b), task.CreateTaskResponse)
-    await h.call(c, "Start", task.StartRequest(id="f3"), task.StartResponse)
+    b, address, c, _ = await h.started("f3", ["sh", "-c", "exit 5"])
     w = await h.call(c, "Wait", task.WaitRequest(id="f3"), task.WaitResponse)
     assert w.exit_status == 5
     await h.call(c, "Delete", task.DeleteRequest(id="f3"), task.DeleteResponse)
@@ -432,20 +429,10 @@ async def test_forkserver_detaches_shims_then_idles_out_and_plain_fallback(h: Ha
 
 def _forkservers_of(address: str) -> list[int]:
     """Pids of the fork server processes started for daemon ``address``."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            # forked shims share the fork server's command line, not its name
-            if Path(f"/proc/{d}/comm").read_text().strip() != "aiorunc-forksrv":
-                continue
-            env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"GRPC_ADDRESS={address}".encode() in env and not gone(int(d), timeout=0.01):
-            pids.append(int(d))
-    return pids
+    # forked shims share the fork server's command line, not its name
+    return [p.pid for p in processes().values()
+            if p.comm == "aiorunc-forksrv" and f"GRPC_ADDRESS={address}" in environ(p.pid).split("\n")
+            and not gone(p.pid, timeout=0.01)]
 
 
 async def test_concurrent_starts_one_forkserver_which_leaves_with_the_daemon(h: Harness) -> None:
@@ -481,12 +468,7 @@ async def test_concurrent_starts_one_forkserver_which_leaves_with_the_daemon(h: 
 async def test_state_and_wait_after_an_exit_nobody_watched(h: Harness) -> None:
     """A daemon restart reconnects to a shim whose container exited meanwhile: State says
     STOPPED with the exit status and Wait answers at once."""
-    b = h.bundle("x1", ["sh", "-c", "exit 3"])
-    address = await h.start("x1", b)
-    c = await h.connect(address)
-    await h.shim_pid(c)
-    created = await h.call(c, "Create", h.create_request("x1", b), task.CreateTaskResponse)
-    await h.call(c, "Start", task.StartRequest(id="x1"), task.StartResponse)
+    b, address, c, created = await h.started("x1", ["sh", "-c", "exit 3"])
     await c.close()
     h.clients.remove(c)
     assert gone(created.pid)

@@ -32,7 +32,7 @@ from aiocontainerd.runtimes.aiorunc.runc import (
     read_pid_file,
 )
 from aiocontainerd.runtimes.aiorunc.stdio import ProcessIO, open_stdio
-from tests.support.runtime import busybox_rootfs
+from tests.support.runtime import busybox_rootfs, zombies_under
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +153,16 @@ async def run_to_exit(env: Env, cid: str, bundle: Path, pio: ProcessIO | None) -
     return status
 
 
+async def created(env: Env, args: list[str]) -> tuple[str, Path, Runc, int]:
+    """A new container running ``args``, created (not started): (id, bundle, runc, init pid)."""
+    cid = env.new_id()
+    bundle = env.bundle(cid, args)
+    runc = env.runc(bundle)
+    pid_file = str(bundle / "init.pid")
+    await runc.create(cid, str(bundle), pid_file=pid_file)
+    return cid, bundle, runc, read_pid_file(pid_file)
+
+
 def test_default_root() -> None:
     assert default_root("default") == "/run/containerd/runc/default"
 
@@ -162,12 +172,7 @@ async def test_subreaper_installed(env: Env) -> None:
 
 
 async def test_lifecycle(env: Env) -> None:
-    cid = env.new_id()
-    bundle = env.bundle(cid, ["sleep", "1000"])
-    runc = env.runc(bundle)
-    pid_file = str(bundle / "init.pid")
-    await runc.create(cid, str(bundle), pid_file=pid_file)
-    pid = read_pid_file(pid_file)
+    cid, _, runc, pid = await created(env, ["sleep", "1000"])
     exited = env.reaper.watch(pid)
     state = await runc.state(cid)
     assert state["status"] == "created"
@@ -267,12 +272,8 @@ async def test_stdin_close_io(env: Env) -> None:
 
 
 async def test_exec(env: Env) -> None:
-    cid = env.new_id()
-    bundle = env.bundle(cid, ["sleep", "1000"])
-    runc = env.runc(bundle)
-    pid_file = str(bundle / "init.pid")
-    await runc.create(cid, str(bundle), pid_file=pid_file)
-    init_exit = env.reaper.watch(read_pid_file(pid_file))
+    cid, bundle, runc, pid = await created(env, ["sleep", "1000"])
+    init_exit = env.reaper.watch(pid)
     await runc.start(cid)
 
     config = json.loads((bundle / "config.json").read_text())
@@ -323,28 +324,13 @@ async def test_tty_through_console_socket(env: Env) -> None:
     await runc.delete(cid)
 
 
-def no_zombies_of(pid: int) -> list[int]:
-    zombies = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == pid:
-            zombies.append(int(entry))
-    return zombies
-
-
 async def test_no_zombies_after_runc_runs(env: Env) -> None:
     cid = env.new_id()
     bundle = env.bundle(cid, ["sh", "-c", "(sleep 0.1 &) ; sleep 0.2 & exit 0"])
     assert await run_to_exit(env, cid, bundle, None) == 0
     await asyncio.sleep(0.5)
     env.reaper.reap()
-    assert no_zombies_of(os.getpid()) == []
+    assert zombies_under([os.getpid()]) == []
 
 
 @pytest.mark.skipif(shutil.which("crun") is None, reason="crun not installed")

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -377,16 +377,33 @@ def _daemon_process(shim: str) -> DaemonProcess:
     return DaemonProcess(base, "--config", str(cfg))
 
 
+@contextlib.contextmanager
+def _running_daemon(shim: str) -> Iterator[DaemonProcess]:
+    """``_daemon_process(shim)`` started; stopped and its folder removed afterwards."""
+    d = _daemon_process(shim)
+    try:
+        d.start()
+        yield d
+    finally:
+        if d.proc is not None:
+            d.stop()
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
+def _kill_and_delete(d: DaemonProcess, id: str) -> None:
+    """SIGKILL task ``id``, wait until ``ctr task ls`` shows it STOPPED, delete it."""
+    _ctr(d, "task", "kill", "-s", "SIGKILL", id)
+    assert wait_until(lambda: "STOPPED" in _ctr(d, "task", "ls").stdout, 20)
+    _ctr(d, "task", "delete", id)
+
+
 @pytest.mark.parametrize("shim", _shims())
 def test_real_ctr_run(shim: str) -> None:
     """``ctr run --rm`` (containerd 1.6's ctr) against our daemon: output and exit status."""
     from tests.support.images import busybox_image, oci_layout_tar
 
-    d = _daemon_process(shim)
-    base = d.base
-    try:
-        d.start()
-        archive = base / "busybox.tar"
+    with _running_daemon(shim) as d:
+        archive = d.base / "busybox.tar"
         image = busybox_image()
         archive.write_bytes(oci_layout_tar(image, "latest", image_name="docker.io/library/busybox:latest"))
         _ctr(d, "images", "import", str(archive))
@@ -403,37 +420,22 @@ def test_real_ctr_run(shim: str) -> None:
         assert "PAUSED" in _ctr(d, "task", "ls").stdout
         _ctr(d, "task", "resume", "k3")
         assert "k3" in _ctr(d, "task", "metrics", "k3").stdout
-        _ctr(d, "task", "kill", "-s", "SIGKILL", "k3")
-        assert wait_until(lambda: "STOPPED" in _ctr(d, "task", "ls").stdout, 20)
-        _ctr(d, "task", "delete", "k3")
+        _kill_and_delete(d, "k3")
         _ctr(d, "containers", "rm", "k3")
         assert not list((d.state / PLUGIN / NS).iterdir())
-    finally:
-        if d.proc is not None:
-            d.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("shim", _shims())
 def test_restart_readopts_running_task(shim: str) -> None:
-    d = _daemon_process(shim)
-    base = d.base
-    try:
-        d.start()
-        rootfs = busybox_rootfs(base / "rootfs")
+    with _running_daemon(shim) as d:
+        rootfs = busybox_rootfs(d.base / "rootfs")
         asyncio.run(_create_running(d.address, rootfs, "r1"))
         d.stop(signal.SIGKILL)
         d.start()
         ls = _ctr(d, "task", "ls").stdout
         assert "r1" in ls and "RUNNING" in ls, ls
-        _ctr(d, "task", "kill", "-s", "SIGKILL", "r1")
-        assert wait_until(lambda: "STOPPED" in _ctr(d, "task", "ls").stdout, 20)
-        _ctr(d, "task", "delete", "r1")
+        _kill_and_delete(d, "r1")
         assert not (d.state / PLUGIN / NS / "r1").exists()
-    finally:
-        if d.proc is not None:
-            d.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _create_running(address: str, rootfs: Path, cid: str) -> None:

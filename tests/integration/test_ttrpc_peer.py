@@ -28,6 +28,7 @@ import pytest
 from aiocontainerd import errors, ttrpc
 from aiocontainerd.api.containerd.task import v2 as task
 from aiocontainerd.api.google.protobuf import Empty
+from tests.support.runtime import processes, wait_child_exit
 
 GO_SHIM = shutil.which("containerd-shim-runc-v2")
 
@@ -50,34 +51,8 @@ def _subreaper(on: bool) -> None:
 
 def _children() -> list[int]:
     """Our child processes (from /proc/*/stat), e.g. the shim daemon after ``start``."""
-    me, kids = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == me and "containerd-shim" in stat.split(")", 1)[0]:
-                kids.append(int(entry))
-    return kids
-
-
-async def _wait_exit(pid: int) -> int:
-    """Wait (pidfd, no polling) for our child ``pid`` to exit; reap it; return its wait status."""
-    loop = asyncio.get_running_loop()
-    fd = os.pidfd_open(pid)
-    try:
-        exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
-        try:
-            await exited
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (exited: pidfd was readable)
-    return status
+    me = os.getpid()
+    return [p.pid for p in processes().values() if p.ppid == me and "containerd-shim" in p.comm]
 
 
 @dataclass
@@ -141,7 +116,7 @@ async def go_shim() -> AsyncIterator[GoShim]:
     finally:
         for pid in _children():  # the test failed half way: kill and reap the shim
             os.kill(pid, signal.SIGKILL)
-            await _wait_exit(pid)
+            await wait_child_exit(pid)
         if shim.address and os.path.exists(shim.socket_path):
             os.unlink(shim.socket_path)
         loop.remove_reader(log_fd)
@@ -183,8 +158,9 @@ async def test_connect_state_shutdown(go_shim: GoShim) -> None:
         # the shim exits: the connection drops, the process is gone, its socket removed
         await asyncio.wait_for(client.wait_closed(), 30)
         assert client.closed
-        status = await asyncio.wait_for(_wait_exit(go_shim.pid), 30)
+        status = await asyncio.wait_for(wait_child_exit(go_shim.pid), 30)
         assert os.WIFEXITED(status) or os.WIFSIGNALED(status)
+        assert os.waitstatus_to_exitcode(status) == 0, status   # Shutdown: a clean exit
         assert not os.path.exists(go_shim.socket_path)
         assert not os.path.exists(f"/proc/{go_shim.pid}")
         with pytest.raises(ttrpc.Closed):

@@ -183,6 +183,23 @@ def environ(pid: int) -> str:
         return ""
 
 
+async def wait_child_exit(pid: int) -> int:
+    """Wait (pidfd, no polling) for our child ``pid`` to exit; reap it; return its wait status."""
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(pid)
+    try:
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (exited: pidfd was readable)
+    return status
+
+
 def zombies_under(parents: Iterable[int], table: dict[int, Proc] | None = None) -> list[Proc]:
     """Zombie processes whose parent is one of ``parents``."""
     table = processes() if table is None else table

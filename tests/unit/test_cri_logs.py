@@ -4,6 +4,7 @@ process (fd 3/4/5 protocol), and the in-shim fast path of runtimes/aiorunc/stdio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import random
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -268,34 +270,62 @@ def wait_for(pred, timeout: float = 10) -> None:
         time.sleep(0.01)
 
 
+class Logger:
+    """A logger process started by ``spawn_logger`` and the test's ends of its pipes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.pid, self.out_w, self.err_w, self.ready = spawn_logger(args, env)
+
+    def wait(self) -> int:
+        """The logger's exit code (its pipes left as they are)."""
+        pid, self.pid = self.pid, -1
+        return wait_pid(pid)
+
+    def close_and_wait(self) -> int:
+        """Close both output pipes (EOF for the logger) and return its exit code."""
+        self._close_pipes()
+        return self.wait()
+
+    def _close_pipes(self) -> None:
+        for fd in (self.out_w, self.err_w):
+            if fd >= 0:
+                os.close(fd)
+        self.out_w = self.err_w = -1
+
+    def kill(self) -> None:
+        self._close_pipes()
+        if self.pid > 0:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = -1
+
+
+@contextlib.contextmanager
+def running_logger(args: list[str], env: dict[str, str]) -> Iterator[Logger]:
+    """A logger process, killed (and its pipes closed) if the block did not wait for it."""
+    logger = Logger(args, env)
+    try:
+        yield logger
+    finally:
+        logger.kill()
+
+
 def test_logger_process(tmp_path: Path) -> None:
     path = tmp_path / "pods" / "c.log"
-    pid, out_w, err_w, ready = spawn_logger(["max_line", "5", "path", str(path)],
-                                            {"CONTAINER_ID": "c1", "CONTAINER_NAMESPACE": "k8s.io"})
-    try:
-        assert wait_ready(ready) == b"\0"
+    with running_logger(["max_line", "5", "path", str(path)],
+                        {"CONTAINER_ID": "c1", "CONTAINER_NAMESPACE": "k8s.io"}) as logger:
+        assert wait_ready(logger.ready) == b"\0"
         assert path.exists()
-        os.write(out_w, b"hello world\n")
+        os.write(logger.out_w, b"hello world\n")
         wait_for(lambda: len(records(path)) == 3)
-        os.write(err_w, b"oops\n")
+        os.write(logger.err_w, b"oops\n")
         wait_for(lambda: len(records(path)) == 4)
         # rotation: rename + SIGUSR1 -> new file at once
         os.rename(path, tmp_path / "old.log")
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(logger.pid, signal.SIGUSR1)
         wait_for(path.exists)
-        os.write(out_w, b"new\nlast")
-        os.close(out_w)
-        os.close(err_w)
-        out_w = err_w = -1
-        assert wait_pid(pid) == 0
-        pid = -1
-    finally:
-        for fd in (out_w, err_w):
-            if fd >= 0:
-                os.close(fd)
-        if pid > 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        os.write(logger.out_w, b"new\nlast")
+        assert logger.close_and_wait() == 0
     assert records(tmp_path / "old.log") == [
         ("stdout", "P", b"hello"), ("stdout", "P", b" worl"), ("stdout", "F", b"d"), ("stderr", "F", b"oops")]
     assert records(path) == [("stdout", "F", b"new"), ("stdout", "P", b"last")]
@@ -304,39 +334,23 @@ def test_logger_process(tmp_path: Path) -> None:
 def test_logger_writes_a_waiting_partial_line(tmp_path: Path) -> None:
     # attach follows the log: a prompt or `echo -n` output must appear without its newline
     path = tmp_path / "c.log"
-    pid, out_w, err_w, ready = spawn_logger(["path", str(path)], {"CONTAINER_ID": "c1"})
-    try:
-        assert wait_ready(ready) == b"\0"
-        os.write(out_w, b"hello")
+    with running_logger(["path", str(path)], {"CONTAINER_ID": "c1"}) as logger:
+        assert wait_ready(logger.ready) == b"\0"
+        os.write(logger.out_w, b"hello")
         wait_for(lambda: records(path) == [("stdout", "P", b"hello")], timeout=5)
-        os.write(out_w, b" world\n")
+        os.write(logger.out_w, b" world\n")
         wait_for(lambda: len(records(path)) == 2, timeout=5)
-        os.close(out_w)
-        os.close(err_w)
-        out_w = err_w = -1
-        assert wait_pid(pid) == 0
-        pid = -1
-    finally:
-        for fd in (out_w, err_w):
-            if fd >= 0:
-                os.close(fd)
-        if pid > 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        assert logger.close_and_wait() == 0
     assert records(path) == [("stdout", "P", b"hello"), ("stdout", "F", b" world")]
 
 
 def test_logger_sigterm_drains(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
-    pid, out_w, err_w, ready = spawn_logger(["path", str(path)], {})
-    wait_ready(ready)
-    os.write(out_w, b"a\nb\npartial")
-    os.kill(pid, signal.SIGTERM)     # pipes still open (a grandchild holds them): exit anyway
-    try:
-        assert wait_pid(pid) == 0
-    finally:
-        os.close(out_w)
-        os.close(err_w)
+    with running_logger(["path", str(path)], {}) as logger:
+        assert wait_ready(logger.ready) == b"\0"
+        os.write(logger.out_w, b"a\nb\npartial")
+        os.kill(logger.pid, signal.SIGTERM)     # pipes still open (a grandchild holds them): exit anyway
+        assert logger.wait() == 0
     assert records(path) == [("stdout", "F", b"a"), ("stdout", "F", b"b"), ("stdout", "P", b"partial")]
 
 
@@ -345,13 +359,9 @@ def test_logger_bad_args_and_unwritable(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no log path" in r.stderr
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
-    pid, out_w, err_w, ready = spawn_logger(["path", str(blocker / "c.log")], {})
-    try:
-        assert wait_ready(ready) == b""       # not ready: binary-v2 start fails
-        assert wait_pid(pid) == 1
-    finally:
-        os.close(out_w)
-        os.close(err_w)
+    with running_logger(["path", str(blocker / "c.log")], {}) as logger:
+        assert wait_ready(logger.ready) == b""       # not ready: binary-v2 start fails
+        assert logger.wait() == 1
 
 
 # -- the shim's in-process fast path -------------------------------------------------------

@@ -20,6 +20,7 @@ from aiocontainerd.api.google.protobuf import Empty
 from aiocontainerd.api.google.rpc import Status
 from aiocontainerd.api.ttrpc import KeyValue, Request, Response
 from aiocontainerd.ttrpc import _wire
+from tests.support.runtime import wait_child_exit
 
 SVC = "test.v1.Svc"
 HDR = struct.Struct(">IIBB")
@@ -122,6 +123,18 @@ def make_server(h: Handlers, **kw: int) -> ttrpc.Server:
         "StreamFail": ttrpc.StreamMethod(task.KillRequest, h.stream_fail, server_streaming=True),
     })
     return srv
+
+
+async def blocked_call(handlers: Handlers,
+                       address: str) -> tuple[ttrpc.Server, ttrpc.Client, asyncio.Task[Empty]]:
+    """A server started on ``address``, a client, and its ``Block`` call, in the handler
+    (started) and not answered."""
+    srv = make_server(handlers)
+    await srv.start(address)
+    c = await ttrpc.Client.connect(address.removeprefix("unix://"))
+    pending = asyncio.create_task(c.call(SVC, "Block", Empty(), Empty))
+    await handlers.started.wait()
+    return srv, c, pending
 
 
 @pytest.fixture
@@ -497,11 +510,7 @@ async def test_client_close_fails_pending_calls(client: ttrpc.Client, handlers: 
 
 async def test_server_close_cancels_calls_and_client_sees_closed(
         handlers: Handlers, sock_path: str) -> None:
-    srv = make_server(handlers)
-    await srv.start("unix://" + sock_path)
-    c = await ttrpc.Client.connect(sock_path)
-    pending = asyncio.create_task(c.call(SVC, "Block", Empty(), Empty))
-    await handlers.started.wait()
+    srv, c, pending = await blocked_call(handlers, "unix://" + sock_path)
     await srv.close()
     assert handlers.cancelled.is_set()
     with pytest.raises(ttrpc.Closed):
@@ -514,11 +523,7 @@ async def test_server_close_cancels_calls_and_client_sees_closed(
 
 
 async def test_server_shutdown_lets_calls_finish(handlers: Handlers, sock_path: str) -> None:
-    srv = make_server(handlers)
-    await srv.start(sock_path)
-    c = await ttrpc.Client.connect(sock_path)
-    pending = asyncio.create_task(c.call(SVC, "Block", Empty(), Empty))
-    await handlers.started.wait()
+    srv, c, pending = await blocked_call(handlers, sock_path)
     shutdown = asyncio.create_task(srv.shutdown(timeout=30))
     handlers.release.set()
     assert await pending == Empty()  # answered, not cancelled
@@ -529,11 +534,7 @@ async def test_server_shutdown_lets_calls_finish(handlers: Handlers, sock_path: 
 
 
 async def test_server_shutdown_timeout_cancels(handlers: Handlers, sock_path: str) -> None:
-    srv = make_server(handlers)
-    await srv.start(sock_path)
-    c = await ttrpc.Client.connect(sock_path)
-    pending = asyncio.create_task(c.call(SVC, "Block", Empty(), Empty))
-    await handlers.started.wait()
+    srv, _, pending = await blocked_call(handlers, sock_path)
     await srv.shutdown(timeout=0.05)
     assert handlers.cancelled.is_set()
     with pytest.raises(ttrpc.Closed):
@@ -627,17 +628,7 @@ async def test_require_same_user(handlers: Handlers, sock_path: str) -> None:
                         code = 0
             finally:
                 os._exit(code)
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(pid)
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        _, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (exited: pidfd was readable)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.waitstatus_to_exitcode(await wait_child_exit(pid)) == 0
         assert handlers.seen_metadata == [{}]  # only our own call reached the handler
     finally:
         await srv.close()

@@ -188,12 +188,6 @@ def human_bytes(n: float) -> str:
     return f"{n:02.1f} {units[i]}"
 
 
-def _table(rows: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell plus one space (ctr's tabwriter)."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [" ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
 def _display_name(name: str) -> str:
     """``layer-sha256:<hex>`` as ``layer (<12 hex>)``, as ctr shows blob refs."""
     parts = []
@@ -400,7 +394,7 @@ async def images_ls(client: Client, quiet: bool, filters: tuple[str, ...]) -> No
         labels = ",".join(f"{k}={v}" for k, v in sorted(image.labels.items())) or "-"
         rows.append([image.name, image.target.media_type, image.target.digest, human_bytes(size),
                      ",".join(found) or "-", labels])
-    for line in _table(rows):
+    for line in _tab(rows, 1):
         click.echo(line)
 
 

@@ -17,26 +17,23 @@ client for another one on the same connection.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
 
 from ..api.containerd.services.introspection import v1 as introspection_api
 from ..api.containerd.services.namespaces import v1 as namespaces_api
 from ..api.containerd.services.version import v1 as version_api
 from ..config import DEFAULT_ADDRESS
-from ..errors import from_status
 from ..metadata.namespaces import Namespace
 from ..services.context import DEFAULT_NAMESPACE, NAMESPACE_HEADER
 from .containers import Container, ContainerInfo, Containers
 from .events import Envelope, Events
-from .images import ClientStream, Images, Progress
+from .images import ClientStream, Images, Progress, _call
 from .tasks import ExitStatus, Process, ProcessStatus, Task, Tasks
 
-T = TypeVar("T")
 __all__ = ["Client", "ClientStream", "Container", "ContainerInfo", "Containers", "Envelope", "Events",
            "ExitStatus", "Images", "Namespaces", "PluginInfo", "Process", "ProcessStatus", "Progress",
            "ServerInfo", "Task", "Tasks", "Version"]
@@ -77,13 +74,6 @@ class PluginInfo:
         if self.error is None:
             return "ok"
         return "skip" if "skip plugin" in self.error else "error"
-
-
-async def _call(awaitable: Awaitable[T]) -> T:
-    try:
-        return await awaitable
-    except GRPCError as e:
-        raise from_status(e.status, e.message or e.status.name) from None
 
 
 class Namespaces:

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from ..errors import InvalidArgument
+from ..tasks import wait_fd
 
 log = logging.getLogger(__name__)
 
@@ -193,35 +194,12 @@ class _PendingOpen:
             self.future.cancel()
 
 
-def _wake(ready: asyncio.Future[None]) -> None:
-    """fd readiness callback: the waiter may have been cancelled in the meantime."""
-    if not ready.done():
-        ready.set_result(None)
-
-
-async def _until_ready(fd: int, *, write: bool) -> None:
-    """Until the non-blocking ``fd`` is readable (``write``: writable)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    if write:
-        loop.add_writer(fd, _wake, ready)
-    else:
-        loop.add_reader(fd, _wake, ready)
-    try:
-        await ready
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 async def _read(fd: int) -> bytes:
     while True:
         try:
             return os.read(fd, CHUNK)
         except BlockingIOError:
-            await _until_ready(fd, write=False)
+            await wait_fd(fd, write=False)
 
 
 async def _write_all(fd: int, data: bytes) -> None:
@@ -231,7 +209,7 @@ async def _write_all(fd: int, data: bytes) -> None:
             n = os.write(fd, view)
             view = view[n:]
         except BlockingIOError:
-            await _until_ready(fd, write=True)
+            await wait_fd(fd, write=True)
 
 
 def _stdin_thread(fd: int, queue: asyncio.Queue[bytes], loop: asyncio.AbstractEventLoop) -> None:

@@ -53,6 +53,7 @@ from ..api.containerd.types import transfer as tt
 from ..api.google import protobuf as pb
 from ..errors import AlreadyExists, ContainerdError, InvalidArgument, NotFound, Unavailable, from_status
 from ..metadata.images import Image
+from ..services.convert import from_timestamp
 from ..services.streaming import (
     STREAM_METHOD,
     generate_id,
@@ -112,11 +113,8 @@ def _descriptor(d: ctypes.Descriptor | None) -> Descriptor | None:
 
 
 def _image(i: images_api.Image) -> Image:
-    def ns(ts: pb.Timestamp | None) -> int:
-        return 0 if ts is None else ts.seconds * 1_000_000_000 + ts.nanos
-
     target = _descriptor(i.target) or Descriptor("", "", 0)
-    return Image(i.name, target, dict(i.labels), ns(i.created_at), ns(i.updated_at))
+    return Image(i.name, target, dict(i.labels), from_timestamp(i.created_at), from_timestamp(i.updated_at))
 
 
 def _platforms(specs: Iterable[str]) -> list[ctypes.Platform]:

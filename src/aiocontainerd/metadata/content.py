@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from .. import filters, identifiers
 from ..content import LocalStore, Status, Writer, parse_digest
+from ..content.local import INLINE_READ_MAX
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..types import now_ns
 from .db import SEP, MetadataDB, Txn, key
@@ -58,44 +57,6 @@ class Info:
 def _record(info: Info) -> dict:
     return {"size": info.size, "labels": info.labels, "created_at": info.created_at,
             "updated_at": info.updated_at}
-
-
-#: blobs up to this size (manifests, indexes, configs) are read on the loop: one open and
-#: one read of a cached page cost less than the two worker-thread hops of LocalStore.read,
-#: which queue behind mounts and removals when many containers start at once
-INLINE_READ_MAX = 64 << 10
-
-
-def _read_small(path, digest: str, offset: int, size: int) -> bytes | None:
-    """LocalStore.read of a small blob in one piece (same errors, same bytes).
-
-    None if the file on disk is not a regular file of at most INLINE_READ_MAX bytes (the
-    namespace record's size is not trusted to bound work on the loop): the caller then
-    takes the worker-thread path.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise NotFound(f"content {digest}: not found") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
-            return None
-        length = st.st_size
-        if offset > length:
-            raise InvalidArgument(f"offset {offset} past the end of {digest} ({length} bytes)")
-        remaining = (length - offset) if size == 0 else min(size, length - offset)
-        parts: list[bytes] = []
-        got = 0
-        while got < remaining:
-            data = os.pread(fd, remaining - got, offset + got)
-            if not data:
-                break
-            parts.append(data)
-            got += len(data)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
 
 
 def _info(digest: str, r: dict) -> Info:
@@ -253,8 +214,8 @@ class ContentStore:
                    size: int = 0) -> AsyncIterator[bytes]:
         """Yield the blob's bytes (see LocalStore.read). Raises NotFound in this namespace."""
         info = self.info(namespace, digest)
-        if info.size <= INLINE_READ_MAX and offset >= 0 and size >= 0:
-            data = _read_small(self.local.blob_path(digest), digest, offset, size)
+        if info.size <= INLINE_READ_MAX:   # small (by the record): on the loop, see read_small
+            data = self.local.read_small(digest, offset, size)
             if data is not None:
                 if data:
                     yield data

@@ -49,9 +49,7 @@ def core_envelope(e: ctypes.Envelope | None) -> Envelope:
     """A wire envelope as a core one; InvalidArgument when it is unset."""
     if e is None:
         raise InvalidArgument("envelope must be set")
-    event = TypedValue(e.event.type_url, bytes(e.event.value)) if e.event is not None \
-        else TypedValue("")
-    return Envelope(from_timestamp(e.timestamp), e.namespace, e.topic, event)
+    return Envelope(from_timestamp(e.timestamp), e.namespace, e.topic, _event(e.event))
 
 
 def _event(value: pb.Any | None) -> TypedValue:

@@ -60,32 +60,13 @@ class ProtocolError(errors.Internal):
     """The peer broke the protocol, e.g. data on a unary stream (INTERNAL)."""
 
 
-#: codes ``errors.from_status`` leaves to the base class, mapped to the closest class we have
-_EXTRA = {
-    errors.Code.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-    errors.Code.CANCELLED: errors.Canceled,
-    errors.Code.INTERNAL: errors.Internal,
-    errors.Code.RESOURCE_EXHAUSTED: OversizedMessage,
-}
-
-
 def error_from_status(code: int, message: str) -> errors.ContainerdError:
-    """The ``aiocontainerd.errors`` instance for a google.rpc.Status received from a peer.
-
-    ``errors.from_status`` decides the class; codes it does not know keep their
-    value on the instance's ``code`` (so ``e.code`` is always the wire code).
-    """
-    try:
-        c = errors.Code(code)
-    except ValueError:
-        c = errors.Code.UNKNOWN
-    err = errors.from_status(c, message)
-    if type(err) is errors.ContainerdError and c != errors.Code.UNKNOWN:
-        extra = _EXTRA.get(c)
-        if extra is not None:
-            return extra(message)
-        err.code = c
-    return err
+    """The ``aiocontainerd.errors`` instance for a google.rpc.Status received from a peer:
+    ``errors.from_status``, except RESOURCE_EXHAUSTED, which ttrpc raises for a message
+    over the size limit (:class:`OversizedMessage`)."""
+    if code == errors.Code.RESOURCE_EXHAUSTED:
+        return OversizedMessage(message)
+    return errors.from_status(code, message)
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:

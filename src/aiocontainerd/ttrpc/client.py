@@ -194,6 +194,21 @@ class Client:
         self._next_id = sid + 2
         return sid
 
+    def _request(self, service: str, method: str, payload: bytes | None, timeout: float | None,
+                 metadata: Metadata | None) -> bytes:
+        """The encoded Request; DeadlineExceeded for a spent ``timeout``, OversizedMessage
+        past ``max_message``."""
+        timeout_nano = 0
+        if timeout is not None:
+            if timeout <= 0:
+                raise errors.DeadlineExceeded(f"ttrpc: {service}/{method}: deadline exceeded")
+            timeout_nano = int(timeout * 1e9) or 1
+        data = encode_request(service, method, payload, timeout_nano, metadata)
+        if len(data) > self._max:
+            raise OversizedMessage(
+                f"message length {len(data)} exceeds maximum message size of {self._max}")
+        return data
+
     # -- unary ---------------------------------------------------------------
 
     async def call(self, service: str, method: str, request: betterproto2.Message,
@@ -210,15 +225,7 @@ class Client:
         sent) when the request exceeds ``max_message``, ``Closed`` when the
         connection is or gets closed.
         """
-        timeout_nano = 0
-        if timeout is not None:
-            if timeout <= 0:
-                raise errors.DeadlineExceeded(f"ttrpc: {service}/{method}: deadline exceeded")
-            timeout_nano = int(timeout * 1e9) or 1
-        data = encode_request(service, method, bytes(request), timeout_nano, metadata)
-        if len(data) > self._max:
-            raise OversizedMessage(
-                f"message length {len(data)} exceeds maximum message size of {self._max}")
+        data = self._request(service, method, bytes(request), timeout, metadata)
         sid = self._new_stream_id()
         fut: asyncio.Future[bytes] = self._loop.create_future()
         self._streams[sid] = fut
@@ -255,16 +262,8 @@ class Client:
         answers with Data frames (read them with ``recv`` / ``async for``) or
         with one Response.  Raises like ``call``.
         """
-        timeout_nano = 0
-        if timeout is not None:
-            if timeout <= 0:
-                raise errors.DeadlineExceeded(f"ttrpc: {service}/{method}: deadline exceeded")
-            timeout_nano = int(timeout * 1e9) or 1
-        payload = bytes(request) if request is not None else None
-        data = encode_request(service, method, payload, timeout_nano, metadata)
-        if len(data) > self._max:
-            raise OversizedMessage(
-                f"message length {len(data)} exceeds maximum message size of {self._max}")
+        data = self._request(service, method, bytes(request) if request is not None else None,
+                             timeout, metadata)
         sid = self._new_stream_id()
         st: ClientStream[M] = ClientStream(self, sid, response_type, client_streaming, server_streaming)
         self._streams[sid] = st
