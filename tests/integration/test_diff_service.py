@@ -82,9 +82,13 @@ def layer() -> bytes:
 
 
 async def put_blob(daemon: Daemon, data: bytes) -> str:
-    content = daemon.plugins.instance(METADATA).content
+    """Store ``data`` under a lease, as a client does: unreferenced content is garbage for
+    the daemon's next collection (the first runs 100 ms after start)."""
+    md = daemon.plugins.instance(METADATA)
     dgst = "sha256:" + hashlib.sha256(data).hexdigest()
-    w = await content.writer("default", "upload-" + dgst[7:19])
+    lease = "blob-" + dgst[7:19]
+    await md.leases.create("default", lease)
+    w = await md.content.writer("default", "upload-" + dgst[7:19], lease=lease)
     await w.write(data)
     await w.commit(len(data), dgst)
     return dgst

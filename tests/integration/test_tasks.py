@@ -297,7 +297,10 @@ async def test_rootfs_from_the_container_snapshot(env: Env) -> None:
     md = env.daemon.plugins.get("io.containerd.metadata.v1.lmdb").instance
     await env.container("c5", ["sh", "-c", "cat /marker"])  # makes the namespace
     await env.containers.delete(capi.DeleteContainerRequest(id="c5"))
-    mounts = await md.snapshotters["native"].prepare(NS, "c5-snap", "")
+    # under a lease until the container holds it, as a client does: an unreferenced
+    # snapshot is garbage for the next collection
+    await md.leases.create(NS, "c5-lease")
+    mounts = await md.snapshotters["native"].prepare(NS, "c5-snap", "", lease="c5-lease")
     assert mounts[0].type == "bind"
     src = Path(mounts[0].source)
     shutil.copytree(env.rootfs, src, symlinks=True, dirs_exist_ok=True)
