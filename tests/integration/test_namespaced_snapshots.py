@@ -79,3 +79,44 @@ async def test_shared_target_carries_only_inherited_labels(metadata: Metadata) -
     assert shared.labels["containerd.io/snapshot/keep"] == "yes"
     with pytest.raises(NotFound):
         sn.stat("lb", "extract-2")
+
+
+async def test_storage_is_freed_after_the_collection_lets_go(metadata: Metadata) -> None:
+    """Removed snapshots go wave by wave, children first, under the snapshotter's exclusive
+    lock; their folders are deleted once the lock is released, so a prepare made meanwhile
+    neither waits for the deletion nor loses its own folder."""
+    sn = metadata.snapshotters["native"]
+    backend = sn.backend
+    gc = GarbageCollector(metadata.db, metadata.content, metadata.snapshotters)
+    # unreferenced: a chain of three commits with two active leaves on its top
+    await sn.prepare("gc", "a1")
+    await sn.commit("gc", "c1", "a1")
+    await sn.prepare("gc", "a2", "c1")
+    await sn.commit("gc", "c2", "a2")
+    await sn.prepare("gc", "a3", "c2")
+    await sn.commit("gc", "c3", "a3")
+    await sn.prepare("gc", "leaf1", "c3")
+    await sn.prepare("gc", "leaf2", "c3")
+    folders = {p.name for p in backend.snapshots_dir.iterdir()}
+    for key in ("leaf1", "leaf2"):
+        await sn.remove("gc", key)
+    for key in ("c3", "c2", "c1"):
+        await sn.remove("gc", key)
+    assert len(folders) == 5
+
+    made_during: list[str] = []
+    real_cleanup = backend.cleanup
+
+    async def cleanup() -> None:
+        # would wait forever if the collection still held the lock
+        mounts = await asyncio.wait_for(
+            sn.prepare("gc", "during", labels={"containerd.io/gc.root": "t"}), 5)
+        made_during.append(mounts[0].source)
+        await real_cleanup()
+
+    backend.cleanup = cleanup  # type: ignore[method-assign]
+    stats = await gc.collect()
+    assert stats.backend_snapshots == 5
+    assert made_during and Path(made_during[0]).is_dir()
+    assert {p.name for p in backend.snapshots_dir.iterdir()} == {Path(made_during[0]).name}
+    assert len(await backend.walk()) == 1

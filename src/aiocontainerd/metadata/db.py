@@ -151,6 +151,98 @@ def open_env(path: Path, databases: Iterable[str], *, map_size: int, schema_vers
     return env, dbs
 
 
+class GroupWriter:
+    """The one writer thread of an LMDB environment, committing in groups.
+
+    :meth:`update` runs ``fn(txn)`` in a write transaction on the writer thread and
+    returns its result once committed (and synced); aborted if ``fn`` raises, which
+    re-raises. It runs to completion even if the caller is cancelled.
+
+    Group commit: updates queued while the writer is busy are committed together, each
+    in its own nested transaction (so one that raises is undone alone, and each sees
+    the ones before it, as if they ran one after the other) under one parent whose
+    commit — the fsync, most of an update's cost — they share.
+    """
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, Any], thread_name: str) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        #: updates waiting for the writer thread: (fn, its future, the future's loop)
+        self._pending: list[tuple[Callable[[Txn], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
+        self._pending_lock = threading.Lock()
+        self._draining = False
+
+    def apply(self, fn: Callable[[Txn], T]) -> T:
+        """``fn(txn)`` in one write transaction on the calling thread."""
+        with self._env.begin(write=True) as txn:
+            return fn(Txn(txn, self._dbs))
+
+    async def update(self, fn: Callable[[Txn], T]) -> T:
+        """See the class doc."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, fut, loop))
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                self._thread.submit(self._drain)
+            except BaseException:
+                with self._pending_lock:
+                    self._pending.remove((fn, fut, loop))
+                    self._draining = False
+                raise
+        return await complete(fut)
+
+    async def exclusive(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the writer thread, between write transactions (nothing is written
+        while it runs); runs to completion even if the caller is cancelled."""
+        loop = asyncio.get_running_loop()
+        return await complete(loop.run_in_executor(self._thread, fn))
+
+    def _drain(self) -> None:
+        """The writer thread: commit what is queued, batch by batch, until nothing is."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            for (_, fut, loop), outcome in zip(batch, self._commit(batch), strict=True):
+                with contextlib.suppress(RuntimeError):   # its loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, fut, *outcome)
+
+    def _commit(self, batch: list[tuple[Callable[[Txn], Any], Any, Any]]
+                ) -> list[tuple[Any, BaseException | None]]:
+        """(result, error) of each function of ``batch``, committed in one transaction."""
+        if len(batch) == 1:
+            try:
+                return [(self.apply(batch[0][0]), None)]
+            except BaseException as e:
+                return [(None, e)]
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            with self._env.begin(write=True) as parent:
+                for fn, _, _ in batch:
+                    child = self._env.begin(write=True, parent=parent)
+                    try:
+                        result = fn(Txn(child, self._dbs))
+                    except BaseException as e:
+                        child.abort()
+                        outcomes.append((None, e))
+                    else:
+                        child.commit()
+                        outcomes.append((result, None))
+        except BaseException as e:   # the commit failed: none of them is stored
+            return [(None, e)] * len(batch)
+        return outcomes
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._thread.shutdown(wait=True)
+
+
 class MetadataDB:
     """The LMDB environment; open with :meth:`open`, close with :meth:`close`."""
 
@@ -158,11 +250,7 @@ class MetadataDB:
         self._env = env
         self._dbs = dbs
         self.path = path
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lmdb-writer")
-        #: updates waiting for the writer thread: (fn, its future, the future's loop)
-        self._pending: list[tuple[Callable[[Txn], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
-        self._pending_lock = threading.Lock()
-        self._draining = False
+        self._writer = GroupWriter(env, dbs, "lmdb-writer")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> MetadataDB:
@@ -187,75 +275,13 @@ class MetadataDB:
         with self._env.begin(write=True) as txn:
             yield Txn(txn, self._dbs)
 
-    def _apply(self, fn: Callable[[Txn], T]) -> T:
-        with self.write() as txn:
-            return fn(txn)
-
     async def update(self, fn: Callable[[Txn], T]) -> T:
-        """Run ``fn(txn)`` in one write transaction on the writer thread; returns its result.
-
-        Committed (and synced) before this returns; aborted if ``fn`` raises, which
-        re-raises here. Runs to completion even if the caller is cancelled.
-
-        Group commit: updates queued while the writer is busy are committed together, each
-        in its own nested transaction (so one that raises is undone alone, and each sees
-        the ones before it, as if they ran one after the other) under one parent whose
-        commit — the fsync, most of an update's cost — they share.
-        """
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        with self._pending_lock:
-            self._pending.append((fn, fut, loop))
-            start, self._draining = not self._draining, True
-        if start:
-            try:
-                self._writer.submit(self._drain)
-            except BaseException:
-                with self._pending_lock:
-                    self._pending.remove((fn, fut, loop))
-                    self._draining = False
-                raise
-        return await complete(fut)
-
-    def _drain(self) -> None:
-        """The writer thread: commit what is queued, batch by batch, until nothing is."""
-        while True:
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._draining = False
-                    return
-            for (_, fut, loop), outcome in zip(batch, self._commit(batch), strict=True):
-                with contextlib.suppress(RuntimeError):   # its loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_settle, fut, *outcome)
-
-    def _commit(self, batch: list[tuple[Callable[[Txn], Any], Any, Any]]
-                ) -> list[tuple[Any, BaseException | None]]:
-        """(result, error) of each function of ``batch``, committed in one transaction."""
-        if len(batch) == 1:
-            try:
-                return [(self._apply(batch[0][0]), None)]
-            except BaseException as e:
-                return [(None, e)]
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            with self._env.begin(write=True) as parent:
-                for fn, _, _ in batch:
-                    child = self._env.begin(write=True, parent=parent)
-                    try:
-                        result = fn(Txn(child, self._dbs))
-                    except BaseException as e:
-                        child.abort()
-                        outcomes.append((None, e))
-                    else:
-                        child.commit()
-                        outcomes.append((result, None))
-        except BaseException as e:   # the commit failed: none of them is stored
-            return [(None, e)] * len(batch)
-        return outcomes
+        """Run ``fn(txn)`` in one write transaction on the writer thread; returns its result
+        once committed and synced (group commit: see :class:`GroupWriter`)."""
+        return await self._writer.update(fn)
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writer.close()
         self._env.close()
 
 

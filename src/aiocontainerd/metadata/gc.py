@@ -21,9 +21,12 @@ Sweep: unmarked content references, snapshot records, unmarked ingests
 (unless a live writer holds them), and expired leases are deleted in one write
 transaction; then blobs no namespace references any more are deleted from
 disk, and each snapshotter's backend snapshots no record refers to are removed
-(children first). The collection holds
-the content store's commit lock, so a blob committed meanwhile is never
-collected, and a blob held by a lease or being written never is either.
+(children first). The collection holds the content store's commit lock, so a
+blob committed meanwhile is never collected, and a blob held by a lease or being
+written never is either; and each snapshotter's exclusive lock, so no snapshot is
+half created or committed. Those locks released, each snapshotter that removed
+snapshots frees their storage (its ``cleanup``): a prepare need not wait for
+folders being deleted.
 """
 
 from __future__ import annotations
@@ -218,9 +221,27 @@ class GarbageCollector:
         return stats, referenced
 
     async def collect(self) -> GCStats:
-        """Run one full collection; concurrent calls wait for the running one, then run again."""
+        """Run one full collection; concurrent calls wait for the running one, then run again.
+
+        ``seconds`` of the result is the time the collection held the store's locks; the
+        storage of removed snapshots is freed after they are released (each backend's
+        ``cleanup``, as containerd's ``GarbageCollect`` cleans snapshotters outside its lock).
+        """
+        dirty: list[NamespacedSnapshotter] = []
+        async with self._lock:
+            stats = await self._collect_locked(dirty)
+            for sn in dirty:
+                try:
+                    await sn.backend.cleanup()
+                except Exception:
+                    log.exception("snapshot cleanup failed", extra={"fields": {"snapshotter": sn.name}})
+        log.info("garbage collected", extra={"fields": dataclasses.asdict(stats)})
+        return stats
+
+    async def _collect_locked(self, dirty: list[NamespacedSnapshotter]) -> GCStats:
+        """Mark, sweep and remove under the content commit lock and every snapshotter's
+        exclusive lock; the snapshotters that removed something are added to ``dirty``."""
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self._lock)
             await stack.enter_async_context(self._content.commit_lock)
             for sn in self._snapshotters.values():  # no snapshot half created or committed
                 await stack.enter_async_context(sn.lock.exclusive())
@@ -245,9 +266,12 @@ class GarbageCollector:
                     stats.bytes += blob.size
             for sn in self._snapshotters.values():
                 try:
-                    stats.backend_snapshots += await sn.collect()
+                    removed = await sn.collect()
                 except Exception:
                     log.exception("snapshot collection failed", extra={"fields": {"snapshotter": sn.name}})
+                    continue
+                stats.backend_snapshots += removed
+                if removed:
+                    dirty.append(sn)
             stats.seconds = time.perf_counter() - started
-        log.info("garbage collected", extra={"fields": dataclasses.asdict(stats)})
         return stats

@@ -342,7 +342,10 @@ class NamespacedSnapshotter:
     async def collect(self) -> int:
         """Remove backend snapshots no record refers to, children first; returns how many.
 
-        The caller holds :attr:`lock` exclusively (the garbage collector does).
+        The caller holds :attr:`lock` exclusively (the garbage collector does). Their
+        storage goes with the backend's ``cleanup``, which the caller runs once it has
+        released the lock (containerd's metadata snapshotter calls ``Cleanup`` after
+        unlocking too): removing folders must not hold up the next ``prepare``.
         """
         live = self.backend_keys()
         infos = await self.backend.walk()
@@ -359,21 +362,27 @@ class NamespacedSnapshotter:
             if i.parent:
                 children[i.parent] = children.get(i.parent, 0) + 1
         removed = 0
-        pending = [n for n in dead if not children.get(n)]
-        while pending:
-            name = pending.pop()
-            try:
-                await self.backend.remove(name)
-            except (NotFound, FailedPrecondition):
-                continue
-            removed += 1
-            p = parents.get(name, "")
-            if p in dead:
-                children[p] -= 1
-                if not children[p]:
-                    pending.append(p)
-        if removed:
-            await self.backend.cleanup()
+        # wave by wave, leaves first; a wave's removals run at once (a MetaStore backend
+        # commits them together: one sync instead of one each)
+        wave = [n for n in dead if not children.get(n)]
+        while wave:
+            outcomes = await asyncio.gather(*(self.backend.remove(n) for n in wave),
+                                            return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)
+                           and not isinstance(o, (NotFound, FailedPrecondition))), None)
+            if failed is not None:
+                raise failed
+            after = []
+            for name, outcome in zip(wave, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    continue
+                removed += 1
+                p = parents.get(name, "")
+                if p in dead:
+                    children[p] -= 1
+                    if not children[p]:
+                        after.append(p)
+            wave = after
         return removed
 
 

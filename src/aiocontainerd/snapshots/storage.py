@@ -57,7 +57,6 @@ import shutil
 import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +64,7 @@ import lmdb
 
 from .. import filters
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from ..metadata.db import MAX_KEY, SchemaError, Txn, open_env
+from ..metadata.db import MAX_KEY, GroupWriter, SchemaError, Txn, open_env
 from ..tasks import complete
 from . import INHERITED_PREFIX, Info, Kind, Snapshotter, Usage
 
@@ -168,7 +167,7 @@ class MetaStore:
         self._env = env
         self._dbs = dbs
         self.path = path
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="snapshot-metastore")
+        self._writer = GroupWriter(env, dbs, "snapshot-metastore")
         self._closed = False
 
     @classmethod
@@ -194,21 +193,16 @@ class MetaStore:
         with self._env.begin(write=False) as raw:
             yield Txn(raw, self._dbs)
 
-    def _apply(self, fn: Callable[[Txn], T]) -> T:
-        with self._env.begin(write=True) as raw:
-            return fn(Txn(raw, self._dbs))
-
     async def _update(self, fn: Callable[[Txn], T]) -> T:
+        # concurrent updates share a commit (GroupWriter): the collector's removals do
         self._check_open()
-        loop = asyncio.get_running_loop()
-        return await complete(loop.run_in_executor(self._writer, self._apply, fn))
+        return await self._writer.update(fn)
 
     async def exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` on the writer thread, between write transactions: no record
         changes while it runs (a consistent view of ids against the backend's folders)."""
         self._check_open()
-        loop = asyncio.get_running_loop()
-        return await complete(loop.run_in_executor(self._writer, fn))
+        return await self._writer.exclusive(fn)
 
     @staticmethod
     def _parent_ids(txn: Txn, parent: str) -> tuple[str, ...]:
@@ -416,7 +410,7 @@ class MetaStore:
         if self._closed:
             return
         self._closed = True
-        self._writer.shutdown(wait=True)
+        self._writer.close()
         self._env.close()
 
 
