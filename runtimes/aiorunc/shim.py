@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 from aiocontainerd import pbspeed, ttrpc
 
@@ -124,10 +125,30 @@ async def serve(cfg: ShimConfig, sock: socket.socket) -> None:
 
 def run(cfg: ShimConfig, sock: socket.socket) -> int:
     """Process entry: logging, pid file, OOM score, then :func:`serve` on a fresh loop."""
-    setup_logging(cfg.debug)
-    _write_self(cfg)
+
+    async def given() -> tuple[ShimConfig, socket.socket]:
+        return cfg, sock
+
+    return run_spare(given)
+
+
+def run_spare(receive: Callable[[], Awaitable[tuple[ShimConfig, socket.socket] | None]]) -> int:
+    """Process entry of a spare shim (forked ahead of its request by the fork server): the
+    event loop is made first; ``receive()`` awaits the request on it and adopts it (cwd,
+    environment), returning the config and the bound socket to serve, or None (nothing to
+    serve: exit 0). Then as :func:`run`: logging, pid file, OOM score, :func:`serve`."""
+
+    async def main() -> None:
+        got = await receive()
+        if got is None:
+            return
+        cfg, sock = got
+        setup_logging(cfg.debug)
+        _write_self(cfg)
+        await serve(cfg, sock)
+
     try:
-        asyncio.run(serve(cfg, sock))
+        asyncio.run(main())
     except Exception:
         log.exception("shim failed")
         return 1

@@ -465,6 +465,57 @@ async def test_concurrent_starts_one_forkserver_which_leaves_with_the_daemon(h: 
     assert not Path(f"/proc/{fs}").exists(), "fork server left a zombie"
 
 
+def _spares_of(address: str) -> list[int]:
+    """Pids of the spare shims the fork server of daemon ``address`` keeps."""
+    return [p.pid for p in processes().values()
+            if p.comm == "aiorunc-spare" and f"GRPC_ADDRESS={address}" in environ(p.pid).split("\n")
+            and not gone(p.pid, timeout=0.01)]
+
+
+async def _one_spare(address: str, but: int = 0) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        spares = [p for p in _spares_of(address) if p != but]
+        if spares:
+            assert len(spares) == 1, spares
+            return spares[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no spare shim")
+
+
+async def test_the_spare_shim_serves_the_next_start_and_leaves_with_the_fork_server(h: Harness) -> None:
+    """The fork server keeps one shim forked ahead: the next start is served by it (the
+    shim is that process, renamed), a new spare follows; a spare that died is replaced
+    by a plain fork; the spare leaves with its fork server."""
+    h.extra_env.update(AIORUNC_FORKSERVER_IDLE="120", AIORUNC_FORKSERVER_CHECK="0.5")
+    await h.start("p0", h.bundle("p0", ["true"]))     # cold: launches the fork server
+    spare = await _one_spare(h.address)
+    b = h.bundle("p1", ["sh", "-c", "exit 4"])
+    c = await h.connect(await h.start("p1", b))
+    assert await h.shim_pid(c) == spare
+    assert processes()[spare].comm == "aiorunc-shim"
+    assert (b / "shim.pid").read_text() == str(spare)
+    await h.call(c, "Create", h.create_request("p1", b), task.CreateTaskResponse)
+    await h.call(c, "Start", task.StartRequest(id="p1"), task.StartResponse)
+    w = await h.call(c, "Wait", task.WaitRequest(id="p1"), task.WaitResponse)
+    assert w.exit_status == 4
+
+    dead = await _one_spare(h.address, but=spare)
+    os.kill(dead, signal.SIGKILL)
+    assert gone(dead)
+    b = h.bundle("p2", ["true"])
+    c = await h.connect(await h.start("p2", b))
+    pid = await h.shim_pid(c)
+    assert pid != dead and processes()[pid].comm == "aiorunc-shim"
+
+    last = await _one_spare(h.address, but=dead)
+    [fs] = _forkservers_of(h.address)
+    await h.sink.server.close()
+    Path(h.sink.path).unlink(missing_ok=True)
+    assert gone(fs, timeout=5), "fork server outlived its daemon"
+    assert gone(last, timeout=5), "the spare outlived its fork server"
+
+
 async def test_state_and_wait_after_an_exit_nobody_watched(h: Harness) -> None:
     """A daemon restart reconnects to a shim whose container exited meanwhile: State says
     STOPPED with the exit status and Wait answers at once."""
