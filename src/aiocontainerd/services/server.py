@@ -12,6 +12,14 @@ A method no handler serves answers ``UNIMPLEMENTED`` as a normal gRPC
 response (with ``content-type``), which Go clients such as ``ctr`` read as
 Unimplemented and fall back from; grpclib's own reply lacks the header, which
 Go reads as Unknown.
+
+Unary calls without a deadline (``ctr`` and kubelet make them by the dozen per
+container) take a shorter path than grpclib's request handler
+(:meth:`_Handler.accept`): the same HTTP/2 stream and the same wire answer -
+headers, the length-prefixed message, ``grpc-status`` trailers; on an error a
+trailers-only answer and a stream reset, as grpclib sends them - without its
+per-call ``Stream`` object, event dispatch and deadline bookkeeping. Every other
+call (streams, ``grpc-timeout``, a malformed request) goes to grpclib's own.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ from typing import Any
 import grpclib.const
 import grpclib.protocol
 import grpclib.server
+import grpclib.stream
+import h2.exceptions
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import encode_grpc_message
 
 from ..errors import ContainerdError
 from ..metrics import Metrics
@@ -72,14 +84,20 @@ class Server(grpclib.server.Server):
         listen(self, RecvRequest, self._on_request)
 
     def _protocol_factory(self) -> Any:
-        # the same protocol, writing through a CoalescingTransport (h2speed)
-        proto = super()._protocol_factory()
-        return _PROTOCOL(proto.handler, proto.config, proto.h2_config)
+        # grpclib's own factory, with our handler (the unary path) and a protocol that
+        # writes through a CoalescingTransport (h2speed)
+        self.__gc_step__()
+        handler = _Handler(self, self._mapping, self._codec, self._status_details_codec,
+                           self.__dispatch__)
+        self._handlers.add(handler)
+        return _PROTOCOL(handler, self._config, self._h2_config)
 
     async def _on_request(self, event: RecvRequest) -> None:
-        func = event.method_func
-        method = event.method_name
-        metadata = event.metadata
+        event.method_func = self.middleware(event.method_name, event.method_func, event.metadata)
+
+    def middleware(self, method: str, func: Any, metadata: Any) -> Any:
+        """``func`` (a grpclib method handler taking the call's stream) wrapped in the
+        middleware of the module doc; ``metadata`` maps the request's header names to values."""
         known = dict.get(self._mapping, method)
         kind = _KIND[known.cardinality] if known is not None else None
         ctx = context.RequestContext(
@@ -111,7 +129,82 @@ class Server(grpclib.server.Server):
                 if metrics is not None and kind is not None:
                     metrics.observe_grpc(method, kind, _CODE_NAMES[code], time.perf_counter() - started)
 
-        event.method_func = call
+        return call
+
+
+_CONTENT_TYPE = "application/grpc+proto"
+_CONTENT_TYPES = ("application/grpc", _CONTENT_TYPE)
+_UNARY = grpclib.const.Cardinality.UNARY_UNARY
+
+
+class _Handler(grpclib.server.Handler):
+    """grpclib's connection handler; unary calls without a deadline take :meth:`_unary`."""
+
+    def __init__(self, server: Server, *args: Any) -> None:
+        super().__init__(*args)
+        self._server = server
+
+    def accept(self, stream: grpclib.protocol.Stream, headers: Any,
+               release_stream: Any) -> None:
+        fields = dict(headers)
+        method = self.mapping.get(fields.get(":path"))
+        if (method.cardinality is not _UNARY or fields.get(":method") != "POST"
+                or fields.get("content-type") not in _CONTENT_TYPES
+                or fields.get("te") != "trailers" or "grpc-timeout" in fields
+                or not isinstance(self.codec, ProtoCodec)):
+            super().accept(stream, headers, release_stream)
+            return
+        self.__gc_step__()
+        call = self._server.middleware(fields[":path"], method.func, fields)
+        self._tasks[stream] = self.loop.create_task(
+            self._unary(stream, call, method, release_stream))
+
+    async def _unary(self, stream: grpclib.protocol.Stream, call: Any,
+                     method: grpclib.const.Handler, release_stream: Any) -> None:
+        """Read the request, run ``call``, answer (see the module doc)."""
+        try:
+            try:
+                request = await grpclib.stream.recv_message(stream, self.codec, method.request_type)
+                if request is None:
+                    raise GRPCError(grpclib.const.Status.INTERNAL, "no request message")
+                unary = _UnaryStream(request)
+                await call(unary)
+                if unary.reply is None:
+                    raise GRPCError(grpclib.const.Status.UNKNOWN, "Internal Server Error")
+            except GRPCError as e:
+                trailers = [(":status", "200"), ("content-type", _CONTENT_TYPE),
+                            ("grpc-status", str(e.status.value))]
+                if e.message is not None:
+                    trailers.append(("grpc-message", encode_grpc_message(e.message)))
+                await stream.send_headers(trailers, end_stream=True)
+                if stream.closable:
+                    stream.reset_nowait()
+                return
+            await stream.send_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
+            await grpclib.stream.send_message(stream, self.codec, unary.reply, method.reply_type)
+            await stream.send_headers([("grpc-status", "0")], end_stream=True)
+        except (StreamTerminatedError, h2.exceptions.StreamClosedError, ConnectionError):
+            pass  # the client went away: nobody to answer
+        except Exception:
+            log.exception("error answering a unary call")
+        finally:
+            release_stream()
+
+
+class _UnaryStream:
+    """What a generated unary method handler uses of grpclib's server ``Stream``."""
+
+    __slots__ = ("_request", "reply")
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.reply: Any = None
+
+    async def recv_message(self) -> Any:
+        return self._request
+
+    async def send_message(self, message: Any) -> None:
+        self.reply = message
 
 
 def _header(metadata: Any, name: str) -> str | None:

@@ -1,0 +1,142 @@
+"""The gRPC server's two call paths (services/server.py): unary calls without a deadline
+take the short path, everything else grpclib's; both answer the same on the wire and both
+run the middleware (namespace context, error codes, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpclib.const
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+
+from aiocontainerd.api.containerd.services.version.v1 import VersionResponse as Text
+from aiocontainerd.errors import NotFound
+from aiocontainerd.metrics import Metrics
+from aiocontainerd.services import context
+from aiocontainerd.services.server import Server
+
+SERVICE = "/test.v1.Probe/"
+
+
+class Probe:
+    """A servicer of unary and streaming methods recording how it was called (its messages:
+    any message with a string field will do, here ``VersionResponse.version``)."""
+
+    def __init__(self) -> None:
+        self.streams: list[str] = []
+        self.namespaces: list[str | None] = []
+        self.hang_cancelled = asyncio.Event()
+
+    async def echo(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        self.streams.append(type(stream).__name__)
+        self.namespaces.append(context.current.get().namespace)
+        await stream.send_message(Text(version=request.version.upper()))
+
+    async def missing(self, stream: Any) -> None:
+        await stream.recv_message()
+        raise NotFound("probe \"x\": not found")
+
+    async def hang(self, stream: Any) -> None:
+        await stream.recv_message()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.hang_cancelled.set()
+            raise
+
+    async def silent(self, stream: Any) -> None:
+        await stream.recv_message()  # answers nothing: a handler bug
+
+    async def many(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        for c in request.version:
+            await stream.send_message(Text(version=c))
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        def unary(func: Any) -> grpclib.const.Handler:
+            return grpclib.const.Handler(func, Cardinality.UNARY_UNARY, Text, Text)
+
+        return {SERVICE + "Echo": unary(self.echo), SERVICE + "Missing": unary(self.missing),
+                SERVICE + "Hang": unary(self.hang), SERVICE + "Silent": unary(self.silent),
+                SERVICE + "Many": grpclib.const.Handler(self.many, Cardinality.UNARY_STREAM,
+                                                        Text, Text)}
+
+
+@pytest.fixture
+async def served(tmp_path: Path):
+    probe, metrics = Probe(), Metrics()
+    server = Server([probe], metrics)
+    path = str(tmp_path / "grpc.sock")
+    await server.start(path=path)
+    channel = Channel(path=path)
+    yield probe, metrics, channel
+    channel.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def _unary(channel: Channel, method: str, value: str = "", **kw: Any) -> Any:
+    async with channel.request(SERVICE + method, Cardinality.UNARY_UNARY, Text,
+                               Text, **kw) as stream:
+        await stream.send_message(Text(version=value), end=True)
+        reply = await stream.recv_message()
+        await stream.recv_trailing_metadata()
+        return reply, stream
+
+
+async def test_unary_calls_take_the_short_path_with_the_middleware(served) -> None:
+    probe, metrics, channel = served
+    reply, stream = await _unary(channel, "Echo", "hi", metadata={"containerd-namespace": "ns1"})
+    assert reply.version == "HI"
+    assert stream.initial_metadata is not None and stream.trailing_metadata is not None
+    assert probe.streams == ["_UnaryStream"] and probe.namespaces == ["ns1"]
+    # with a deadline: grpclib's own path, the same answer and middleware
+    reply, _ = await _unary(channel, "Echo", "deadline", timeout=5,
+                            metadata={"containerd-namespace": "ns2"})
+    assert reply.version == "DEADLINE"
+    assert probe.streams == ["_UnaryStream", "Stream"] and probe.namespaces == ["ns1", "ns2"]
+    text = metrics.render().decode()
+    assert ('grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
+            'grpc_service="test.v1.Probe",grpc_type="unary"} 2') in text
+
+
+async def test_errors_are_trailers_only_answers_with_the_code_and_message(served) -> None:
+    _, metrics, channel = served
+    for kw in ({}, {"timeout": 5}):                      # short path, grpclib's path
+        with pytest.raises(GRPCError) as e:
+            await _unary(channel, "Missing", **kw)
+        assert e.value.status is Status.NOT_FOUND
+        assert e.value.message == 'probe "x": not found'
+    with pytest.raises(GRPCError) as e:                  # a unary handler that sent nothing
+        await _unary(channel, "Silent")
+    assert e.value.status is Status.UNKNOWN
+    assert 'grpc_code="NotFound",grpc_method="Missing"' in metrics.render().decode()
+    reply, _ = await _unary(channel, "Echo", "after")    # the connection still serves
+    assert reply.version == "AFTER"
+
+
+async def test_a_cancelled_call_cancels_its_handler(served) -> None:
+    probe, _, channel = served
+    call = asyncio.ensure_future(_unary(channel, "Hang"))
+    await asyncio.sleep(0.2)
+    call.cancel()                                        # the client resets the stream
+    await asyncio.wait_for(probe.hang_cancelled.wait(), 5)
+    reply, _ = await _unary(channel, "Echo", "next")
+    assert reply.version == "NEXT"
+
+
+async def test_streams_and_unknown_methods_take_grpclibs_path(served) -> None:
+    _, _, channel = served
+    async with channel.request(SERVICE + "Many", Cardinality.UNARY_STREAM, Text,
+                               Text) as stream:
+        await stream.send_message(Text(version="abc"), end=True)
+        assert [m.version async for m in stream] == ["a", "b", "c"]
+    with pytest.raises(GRPCError) as e:
+        await _unary(channel, "Nope")
+    assert e.value.status is Status.UNIMPLEMENTED
