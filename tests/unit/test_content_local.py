@@ -51,7 +51,7 @@ async def test_one_writer_per_ref_and_resume_after_close(tmp_path: Path) -> None
 async def test_mismatch_keeps_ingest_and_existing_blob_is_already_exists(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     w = await store.writer("bad", expected=DIGEST)
-    await w.write(DATA[:10] + b"x" + DATA[11:])
+    await w.write(DATA[:10] + bytes([DATA[10] ^ 0xFF]) + DATA[11:])  # one byte surely changed
     with pytest.raises(FailedPrecondition, match="unexpected commit digest"):
         await w.commit()
     assert not store.exists(DIGEST)
