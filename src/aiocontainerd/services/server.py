@@ -179,16 +179,25 @@ class _Handler(grpclib.server.Handler):
                 await stream.send_headers(trailers, end_stream=True)
                 if stream.closable:
                     stream.reset_nowait()
+                _flush(stream)
                 return
             await stream.send_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
             await grpclib.stream.send_message(stream, self.codec, unary.reply, method.reply_type)
             await stream.send_headers([("grpc-status", "0")], end_stream=True)
+            _flush(stream)
         except (StreamTerminatedError, h2.exceptions.StreamClosedError, ConnectionError):
             pass  # the client went away: nobody to answer
         except Exception:
             log.exception("error answering a unary call")
         finally:
             release_stream()
+
+
+def _flush(stream: grpclib.protocol.Stream) -> None:
+    """Write the answer now: it is complete, no need to wait for the loop's next turn."""
+    flush = getattr(stream._transport, "flush", None)
+    if flush is not None:
+        flush()
 
 
 class _UnaryStream:
