@@ -1,6 +1,6 @@
-"""The gRPC server's two call paths (services/server.py): unary calls without a deadline
-take the short path, everything else grpclib's; both answer the same on the wire and both
-run the middleware (namespace context, error codes, metrics)."""
+"""The gRPC server's two call paths (services/server.py): unary calls take the short path,
+streams grpclib's; both answer the same on the wire and both run the middleware (namespace
+context, error codes, metrics)."""
 
 from __future__ import annotations
 
@@ -96,11 +96,11 @@ async def test_unary_calls_take_the_short_path_with_the_middleware(served) -> No
     assert reply.version == "HI"
     assert stream.initial_metadata is not None and stream.trailing_metadata is not None
     assert probe.streams == ["_UnaryStream"] and probe.namespaces == ["ns1"]
-    # with a deadline: grpclib's own path, the same answer and middleware
+    # with a deadline (grpc-timeout): the same
     reply, _ = await _unary(channel, "Echo", "deadline", timeout=5,
                             metadata={"containerd-namespace": "ns2"})
     assert reply.version == "DEADLINE"
-    assert probe.streams == ["_UnaryStream", "Stream"] and probe.namespaces == ["ns1", "ns2"]
+    assert probe.streams == ["_UnaryStream"] * 2 and probe.namespaces == ["ns1", "ns2"]
     text = metrics.render().decode()
     assert ('grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
             'grpc_service="test.v1.Probe",grpc_type="unary"} 2') in text
@@ -119,6 +119,16 @@ async def test_errors_are_trailers_only_answers_with_the_code_and_message(served
     assert 'grpc_code="NotFound",grpc_method="Missing"' in metrics.render().decode()
     reply, _ = await _unary(channel, "Echo", "after")    # the connection still serves
     assert reply.version == "AFTER"
+
+
+async def test_past_its_deadline_a_call_is_cancelled(served) -> None:
+    probe, metrics, channel = served
+    with pytest.raises((GRPCError, TimeoutError)):
+        await _unary(channel, "Hang", timeout=0.3)
+    await asyncio.wait_for(probe.hang_cancelled.wait(), 5)
+    assert 'grpc_code="Canceled",grpc_method="Hang"' in metrics.render().decode()
+    reply, _ = await _unary(channel, "Echo", "next", timeout=5)
+    assert reply.version == "NEXT"
 
 
 async def test_a_cancelled_call_cancels_its_handler(served) -> None:

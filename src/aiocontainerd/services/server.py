@@ -13,13 +13,14 @@ response (with ``content-type``), which Go clients such as ``ctr`` read as
 Unimplemented and fall back from; grpclib's own reply lacks the header, which
 Go reads as Unknown.
 
-Unary calls without a deadline (``ctr`` and kubelet make them by the dozen per
-container) take a shorter path than grpclib's request handler
-(:meth:`_Handler.accept`): the same HTTP/2 stream and the same wire answer -
-headers, the length-prefixed message, ``grpc-status`` trailers; on an error a
-trailers-only answer and a stream reset, as grpclib sends them - without its
-per-call ``Stream`` object, event dispatch and deadline bookkeeping. Every other
-call (streams, ``grpc-timeout``, a malformed request) goes to grpclib's own.
+Unary calls (``ctr`` and kubelet make them by the dozen per container) take a
+shorter path than grpclib's request handler (:meth:`_Handler.accept`): the same
+HTTP/2 stream and the same wire answer - headers, the length-prefixed message,
+``grpc-status`` trailers; on an error a trailers-only answer and a stream reset,
+as grpclib sends them; past the ``grpc-timeout`` deadline the handler is
+cancelled and the answer is ``DEADLINE_EXCEEDED`` - without its per-call
+``Stream`` object and event dispatch. Every other call (streams, a malformed
+request) goes to grpclib's own.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import h2.exceptions
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import encode_grpc_message
+from grpclib.metadata import decode_timeout, encode_grpc_message
 
 from ..errors import ContainerdError
 from ..metrics import Metrics
@@ -138,7 +139,7 @@ _UNARY = grpclib.const.Cardinality.UNARY_UNARY
 
 
 class _Handler(grpclib.server.Handler):
-    """grpclib's connection handler; unary calls without a deadline take :meth:`_unary`."""
+    """grpclib's connection handler; unary calls take :meth:`_unary`."""
 
     def __init__(self, server: Server, *args: Any) -> None:
         super().__init__(*args)
@@ -148,27 +149,39 @@ class _Handler(grpclib.server.Handler):
                release_stream: Any) -> None:
         fields = dict(headers)
         method = self.mapping.get(fields.get(":path"))
+        timeout = fields.get("grpc-timeout")
+        try:
+            seconds = None if timeout is None else decode_timeout(timeout)
+        except ValueError:
+            seconds = -1.0  # grpclib answers a malformed one
         if (method.cardinality is not _UNARY or fields.get(":method") != "POST"
                 or fields.get("content-type") not in _CONTENT_TYPES
-                or fields.get("te") != "trailers" or "grpc-timeout" in fields
+                or fields.get("te") != "trailers" or (seconds is not None and seconds < 0)
                 or not isinstance(self.codec, ProtoCodec)):
             super().accept(stream, headers, release_stream)
             return
         self.__gc_step__()
         call = self._server.middleware(fields[":path"], method.func, fields)
         self._tasks[stream] = self.loop.create_task(
-            self._unary(stream, call, method, release_stream))
+            self._unary(stream, call, method, release_stream, seconds))
 
     async def _unary(self, stream: grpclib.protocol.Stream, call: Any,
-                     method: grpclib.const.Handler, release_stream: Any) -> None:
-        """Read the request, run ``call``, answer (see the module doc)."""
+                     method: grpclib.const.Handler, release_stream: Any,
+                     deadline: float | None) -> None:
+        """Read the request, run ``call`` within ``deadline`` seconds (None: none), answer
+        (see the module doc)."""
         try:
             try:
-                request = await grpclib.stream.recv_message(stream, self.codec, method.request_type)
-                if request is None:
-                    raise GRPCError(grpclib.const.Status.INTERNAL, "no request message")
-                unary = _UnaryStream(request)
-                await call(unary)
+                try:
+                    async with asyncio.timeout(deadline):
+                        request = await grpclib.stream.recv_message(
+                            stream, self.codec, method.request_type)
+                        if request is None:
+                            raise GRPCError(grpclib.const.Status.INTERNAL, "no request message")
+                        unary = _UnaryStream(request)
+                        await call(unary)
+                except TimeoutError:  # the deadline (the middleware turns a handler's own into UNKNOWN)
+                    raise GRPCError(grpclib.const.Status.DEADLINE_EXCEEDED) from None
                 if unary.reply is None:
                     raise GRPCError(grpclib.const.Status.UNKNOWN, "Internal Server Error")
             except GRPCError as e:
