@@ -139,3 +139,30 @@ def test_mutable_defaults_are_fresh() -> None:
     a.append(1)
     assert msg._get_field_default("rootfs") == []
     assert msg._get_field_default("id") == ""
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=_id)
+def test_cached_type_hints_are_betterproto2s(cls: type[betterproto2.Message]) -> None:
+    try:
+        pbspeed.restore()
+        expected = cls._type_hints()
+        pbspeed.apply()
+        got, again = cls._type_hints(), cls._type_hints()
+    finally:
+        pbspeed.apply()
+    assert got == expected and again is got
+
+
+def test_to_dict_is_unchanged() -> None:
+    from aiocontainerd.api.runtime import v1 as api
+
+    msg = _filled(api.ContainerStatus)
+    assert msg is not None
+    try:
+        pbspeed.restore()
+        expected = msg.to_dict()
+        pbspeed.apply()
+        got = msg.to_dict()
+    finally:
+        pbspeed.apply()
+    assert got == expected
