@@ -283,9 +283,15 @@ def become_shim(req: dict, sock: socket.socket, *, write_pid: bool = True) -> in
 
 
 def _handle(conn: socket.socket, listener: socket.socket, spares: Spares | None = None) -> None:
+    from aiocontainerd.ttrpc.server import same_user
+
     conn.settimeout(5)
     fds: list[int] = []
     try:
+        # an abstract socket has no file permissions: anyone on the host (or in its network
+        # namespace) may connect, and a shim runs as root - only our own user is answered
+        if not same_user(conn):
+            return
         data, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(16))
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

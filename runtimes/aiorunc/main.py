@@ -38,6 +38,7 @@ at the top: start-up time of ``start`` is on every container's critical path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -281,13 +282,21 @@ _SPARE_FD = 200
 
 def _detached_exec(argv: list[str], fds: dict[int, int]) -> None:
     """Run ``argv`` detached: its own session, stdio on /dev/null, our fd ``fds[t]`` as its
-    fd ``t`` (every other fd of ours is close-on-exec), re-parented at once.
+    fd ``t`` (every other fd of ours is made close-on-exec first), re-parented at once.
 
     Started by ``posix_spawn`` (fork and exec done in C) of ``sh -c '"$@" &'``, which starts
     it in the background and exits; that is all we wait for. No Python runs in a copy of
     the caller between fork and exec: the caller may be the daemon (warming the fork
     server), whose other threads and whose root/state lock fds a forked copy would hold.
     """
+    # nothing else of ours is passed on: an fd opened without O_CLOEXEC (LMDB opens its
+    # files so, in the daemon) becomes close-on-exec here; one closed meanwhile is skipped
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in fds.values():
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
     actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
                             (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
     actions += [(os.POSIX_SPAWN_DUP2, f, _SPARE_FD + t) for t, f in fds.items()]

@@ -98,7 +98,7 @@ async def serve(cfg: ShimConfig, sock: socket.socket) -> None:
     reaper.install(loop)
     publisher = Publisher(cfg.ttrpc_address, cfg.namespace)
     service = TaskService(cfg, reaper, publisher)
-    server = ttrpc.Server()
+    server = ttrpc.Server(require_same_user=True)  # as the Go shim (UnixSocketRequireSameUser)
     server.register(TASK_SERVICE, service.methods())
     try:
         path = sock.getsockname()

@@ -146,3 +146,25 @@ def test_no_zombies_after_100_execs(rig: Rig) -> None:
     kill_and_delete(rig, "c3", pid)
     assert not wait_no_zombies([rig.d.proc.pid], base=rig.base)
     assert_cleaned(rig, "c3")
+
+
+def test_shim_processes_hold_none_of_the_daemons_files(rig: Rig) -> None:
+    """The fork server the daemon starts ahead (and the spare and shims it forks) inherit no
+    fd of the daemon: its metadata store, content and state files stay the daemon's own."""
+    if rig.daemon_name != "aiocontainerd":
+        pytest.skip("the fork server is our shim's")
+    start_c3(rig)
+    ours = [p.pid for p in processes().values()
+            if p.comm in ("aiorunc-forksrv", "aiorunc-spare", "aiorunc-shim")]
+    held = {}
+    for pid in ours:
+        try:
+            own = os.readlink(f"/proc/{pid}/cwd") + "/"    # a shim's bundle: its log FIFO
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for t in targets:
+            if t.startswith((str(rig.d.root), str(rig.d.state))) and not t.startswith(own):
+                held.setdefault(pid, []).append(t)
+    assert rig.shim_pids("c3") and ours
+    assert held == {}, held

@@ -516,6 +516,62 @@ async def test_the_spare_shim_serves_the_next_start_and_leaves_with_the_fork_ser
     assert gone(last, timeout=5), "the spare outlived its fork server"
 
 
+_AS_NOBODY = r"""
+import json, os, socket, sys
+key, shim_address, folder = "\0" + sys.argv[1], sys.argv[2], sys.argv[3]
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+out = {}
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(os.path.join(folder, "evil.sock")); listener.listen()
+c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+c.connect(key)
+req = {"namespace": "evil", "id": "evil", "address": "", "bundle": folder, "env": {"PATH": folder}}
+c.sendmsg([json.dumps(req).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        listener.fileno().to_bytes(4, sys.byteorder))])
+def answer(sock):
+    sock.settimeout(10)
+    try:
+        return sock.recv(4096).decode(errors="replace")
+    except ConnectionResetError:  # closed unread: refused
+        return ""
+out["forkserver"] = answer(c)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(shim_address)  # its folder is root's alone: refused already
+    s.sendall(bytes(10))     # else a ttrpc frame header: nothing should answer it
+    out["shim"] = answer(s)
+except (PermissionError, BrokenPipeError, ConnectionResetError):
+    out["shim"] = ""
+print(json.dumps(out))
+"""
+
+
+async def test_another_user_gets_no_shim_and_no_answer(h: Harness) -> None:
+    """The fork server's abstract socket has no file permissions: a request from another
+    user must fork nothing; a shim's ttrpc socket also refuses other users (as Go's)."""
+    from aiocontainerd.runtimes.aiorunc import main as shimmain
+
+    b = h.bundle("u0", ["true"])
+    address = await h.start("u0", b)                 # launches the fork server (and a spare)
+    await _one_spare(h.address)
+    before = {p.pid for p in processes().values() if p.comm.startswith("aiorunc")}
+    folder = Path(tempfile.mkdtemp(prefix="evil-"))
+    folder.chmod(0o777)
+    try:
+        key = shimmain.forkserver_key(h.address).lstrip("\0")   # abstract: NUL first
+        out = subprocess.run([sys.executable, "-c", _AS_NOBODY, key,
+                              address[len("unix://"):], str(folder)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        answers = json.loads(out.stdout)
+        assert answers == {"forkserver": "", "shim": ""}   # connections closed, nothing said
+        await asyncio.sleep(0.5)
+        after = {p.pid for p in processes().values() if p.comm.startswith("aiorunc")}
+        assert after - before == set(), "a process was started for another user"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 async def test_state_and_wait_after_an_exit_nobody_watched(h: Harness) -> None:
     """A daemon restart reconnects to a shim whose container exited meanwhile: State says
     STOPPED with the exit status and Wait answers at once."""

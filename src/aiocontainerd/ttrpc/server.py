@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
+
+def same_user(sock: socket.socket) -> bool:
+    """Whether the peer of the connected unix socket ``sock`` runs as our effective uid and
+    gid (``SO_PEERCRED``, ttrpc's ``UnixSocketRequireSameUser``); a refusal is logged."""
+    _pid, uid, gid = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    if uid == os.geteuid() and gid == os.getegid():
+        return True
+    log.warning("refused a connection from uid %d gid %d", uid, gid)
+    return False
+
 Handler = Callable[[betterproto2.Message], Awaitable[betterproto2.Message]]
 
 _EMPTY_MD: Mapping[str, list[str]] = types.MappingProxyType({})
@@ -157,14 +168,9 @@ class _ServerConn(FrameProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.server.require_same_user:
-            sock = transport.get_extra_info("socket")
-            _pid, uid, gid = _PEERCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            if uid != os.geteuid() or gid != os.getegid():
-                log.warning("ttrpc: refused connection from uid %d gid %d", uid, gid)
-                transport.abort()
-                return
+        if self.server.require_same_user and not same_user(transport.get_extra_info("socket")):
+            transport.abort()
+            return
         self.server._conns.add(self)
 
     def lost(self, exc: Exception | None) -> None:
