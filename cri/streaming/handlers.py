@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.web_protocol import RequestHandler
 
 from aiocontainerd.api.runtime import v1 as runtime_v1
+from aiocontainerd.tasks import unless
 
 from . import spdy
 from .runtime import ChannelWriter, PipeReader, TerminalSize, decode_resize_events
@@ -290,17 +291,9 @@ class Handlers:
             try:
                 async with asyncio.timeout(self.server.stream_creation_timeout):
                     while len(streams) < expected:
-                        get = asyncio.ensure_future(pending.get())
-                        closed = asyncio.ensure_future(session.wait_closed())
-                        try:
-                            await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            closed.cancel()
-                            if not get.done():
-                                get.cancel()
-                        if not get.done() or get.cancelled():
+                        got, stream = await unless(pending.get(), session.wait_closed())
+                        if not got:
                             return resp  # client went away before creating its streams
-                        stream = get.result()
                         kind = stream.stream_type
                         if kind not in ("error", "stdin", "stdout", "stderr", "resize") or kind in streams:
                             log.debug("unexpected stream type %r", kind)

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import fcntl
@@ -119,14 +118,10 @@ class ConsoleSocket:
 
 
 def _recv_fd(conn: socket.socket) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = conn.recvmsg(4096, socket.CMSG_LEN(4 * fds.itemsize))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
     if not msg and not fds:
         raise ConnectionError("console socket closed before a pty master was sent")
-    return msg, list(fds)
+    return msg, fds
 
 
 def set_winsize(fd: int, width: int, height: int) -> None:

@@ -197,9 +197,7 @@ class Spare:
         """Hand ``req`` and its shim socket to the spare; its pid, or None if it is gone.
         Either way the spare is used up (:meth:`close` is done)."""
         try:
-            self.conn.sendmsg([json.dumps(req).encode()],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                sock.fileno().to_bytes(4, sys.byteorder))])
+            socket.send_fds(self.conn, [json.dumps(req).encode()], [sock.fileno()])
         except OSError:
             return None
         finally:
@@ -214,23 +212,13 @@ class Spare:
 def _wait_and_serve(conn: socket.socket) -> int:  # pragma: no cover - runs in the spare
     """The spare: make the event loop, wait on it for a request, then serve it (exit 0 at
     end-of-file)."""
-    import asyncio
+    from aiocontainerd.tasks import wait_fd
 
     from .shim import run_spare
 
     async def receive() -> tuple[Any, socket.socket] | None:
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            loop.remove_reader(conn.fileno())
-        data, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4))
-        fds = [int.from_bytes(payload[i:i + 4], sys.byteorder)
-               for level, kind, payload in anc
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-               for i in range(0, len(payload) - len(payload) % 4, 4)]
+        await wait_fd(conn.fileno(), write=False)
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
         conn.close()
         if not data or not fds:
             return None
@@ -292,11 +280,7 @@ def _handle(conn: socket.socket, listener: socket.socket, spares: Spares | None 
         # namespace) may connect, and a shim runs as root - only our own user is answered
         if not same_user(conn):
             return
-        data, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(16))
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
-                        for i in range(0, len(payload) - len(payload) % 4, 4)]
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
         if not fds:
             conn.send(b'{"error": "no socket passed"}')
             return

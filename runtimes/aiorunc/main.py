@@ -243,8 +243,7 @@ def _request_forkserver(conn: socket.socket, req: dict, sock: socket.socket,
     conn.settimeout(timeout)
     data = json.dumps(req).encode()
     try:
-        conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                               sock.fileno().to_bytes(4, sys.byteorder))])
+        socket.send_fds(conn, [data], [sock.fileno()])
         reply = conn.recv(4096)
     except (ConnectionResetError, BrokenPipeError) as e:
         raise _Dropped() from e

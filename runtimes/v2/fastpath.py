@@ -75,10 +75,9 @@ def _own_oom_score() -> int:
 async def _send(conn: socket.socket, data: bytes, fd: int) -> None:
     from aiocontainerd.tasks import wait_fd
 
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
     while True:
         try:
-            conn.sendmsg([data], anc)
+            socket.send_fds(conn, [data], [fd])
             return
         except BlockingIOError:
             await wait_fd(conn.fileno(), write=True)

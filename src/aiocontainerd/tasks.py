@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -29,6 +29,23 @@ async def complete(aw: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+async def unless(aw: Awaitable[T], stop: Awaitable[Any]) -> tuple[bool, T | None]:
+    """Await ``aw`` unless ``stop`` ends first: ``(True, result)``, or ``(False, None)``
+    with ``aw`` cancelled. ``stop`` is cancelled either way; when both are ready at once
+    ``aw``'s result wins (a queue item taken is never dropped)."""
+    work = asyncio.ensure_future(aw)
+    watch = asyncio.ensure_future(stop)
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
+        return True, work.result()
+    return False, None
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

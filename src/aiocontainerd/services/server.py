@@ -36,7 +36,6 @@ import grpclib.protocol
 import grpclib.server
 import grpclib.stream
 import h2.exceptions
-from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import decode_timeout, encode_grpc_message
@@ -156,8 +155,7 @@ class _Handler(grpclib.server.Handler):
             seconds = -1.0  # grpclib answers a malformed one
         if (method.cardinality is not _UNARY or fields.get(":method") != "POST"
                 or fields.get("content-type") not in _CONTENT_TYPES
-                or fields.get("te") != "trailers" or (seconds is not None and seconds < 0)
-                or not isinstance(self.codec, ProtoCodec)):
+                or fields.get("te") != "trailers" or (seconds is not None and seconds < 0)):
             super().accept(stream, headers, release_stream)
             return
         self.__gc_step__()
@@ -207,10 +205,9 @@ class _Handler(grpclib.server.Handler):
 
 
 def _flush(stream: grpclib.protocol.Stream) -> None:
-    """Write the answer now: it is complete, no need to wait for the loop's next turn."""
-    flush = getattr(stream._transport, "flush", None)
-    if flush is not None:
-        flush()
+    """Write the answer now (the CoalescingTransport's queue): it is complete, no need to
+    wait for the loop's next turn."""
+    stream._transport.flush()
 
 
 class _UnaryStream:

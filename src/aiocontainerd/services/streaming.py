@@ -42,6 +42,7 @@ from ..api.google import protobuf as pb
 from ..api.message_pool import default_message_pool
 from ..errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from ..plugin import GRPC, InitContext, Registration
+from ..tasks import unless
 from . import context
 
 log = logging.getLogger(__name__)
@@ -142,16 +143,8 @@ class ServerStream:
             return None
         if self._inbox.empty() and self._closed.is_set():
             return self._end()
-        get = asyncio.ensure_future(self._inbox.get())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            if not get.done():
-                get.cancel()
-        if get.done() and not get.cancelled():
-            message = get.result()
+        got, message = await unless(self._inbox.get(), self._closed.wait())
+        if got:
             if message is None:
                 self._eof = True
             return message
