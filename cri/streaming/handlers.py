@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.web_protocol import RequestHandler
 
 from aiocontainerd.api.runtime import v1 as runtime_v1
-from aiocontainerd.tasks import unless
+from aiocontainerd.tasks import either, unless
 
 from . import spdy
 from .runtime import ChannelWriter, PipeReader, TerminalSize, decode_resize_events
@@ -122,12 +122,10 @@ async def _until_gone(work: asyncio.Future[Any], gone: Awaitable[Any]) -> None:
     """Wait until ``work`` ends or ``gone`` does (the client went away), whichever is first.
     ``gone`` is then cancelled, and so is ``work`` if it has not ended (and awaited, so its
     clean-up has run): afterwards ``work.cancelled()`` says it was cut short."""
-    watch = asyncio.ensure_future(gone)
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await either(work, gone)
     finally:
-        watch.cancel()
-        if not work.done():
+        if not work.done():   # cut short: let its clean-up run
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work

@@ -36,6 +36,15 @@ async def unless(aw: Awaitable[T], stop: Awaitable[Any]) -> tuple[bool, T | None
     with ``aw`` cancelled. ``stop`` is cancelled either way; when both are ready at once
     ``aw``'s result wins (a queue item taken is never dropped)."""
     work = asyncio.ensure_future(aw)
+    await either(work, stop)
+    if work.done() and not work.cancelled():
+        return True, work.result()
+    return False, None
+
+
+async def either(work: asyncio.Future[Any], stop: Awaitable[Any]) -> None:
+    """Wait until ``work`` or ``stop`` ends; ``stop`` is then cancelled, and ``work`` too
+    if it has not ended (not awaited: ``work.done()`` may still be False)."""
     watch = asyncio.ensure_future(stop)
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -43,9 +52,6 @@ async def unless(aw: Awaitable[T], stop: Awaitable[Any]) -> tuple[bool, T | None
         watch.cancel()
         if not work.done():
             work.cancel()
-    if work.done() and not work.cancelled():
-        return True, work.result()
-    return False, None
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
