@@ -526,15 +526,18 @@ listener.bind(os.path.join(folder, "evil.sock")); listener.listen()
 c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 c.connect(key)
 req = {"namespace": "evil", "id": "evil", "address": "", "bundle": folder, "env": {"PATH": folder}}
-c.sendmsg([json.dumps(req).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                        listener.fileno().to_bytes(4, sys.byteorder))])
 def answer(sock):
     sock.settimeout(10)
     try:
         return sock.recv(4096).decode(errors="replace")
     except ConnectionResetError:  # closed unread: refused
         return ""
-out["forkserver"] = answer(c)
+try:
+    c.sendmsg([json.dumps(req).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            listener.fileno().to_bytes(4, sys.byteorder))])
+    out["forkserver"] = answer(c)
+except BrokenPipeError:           # closed before the request was even sent: refused
+    out["forkserver"] = ""
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(shim_address)  # its folder is root's alone: refused already

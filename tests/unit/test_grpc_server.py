@@ -1,6 +1,6 @@
-"""The gRPC server's two call paths (services/server.py): unary calls take the short path,
-streams grpclib's; both answer the same on the wire and both run the middleware (namespace
-context, error codes, metrics)."""
+"""The gRPC server (services/server.py) against grpclib's client: unary and streamed
+answers, errors as trailers-only answers, deadlines and cancellation, and the middleware
+(namespace context, error codes, metrics)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import grpclib.const
 import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from aiocontainerd.api.containerd.services.version.v1 import VersionResponse as Text
 from aiocontainerd.errors import NotFound
@@ -53,6 +53,14 @@ class Probe:
     async def silent(self, stream: Any) -> None:
         await stream.recv_message()  # answers nothing: a handler bug
 
+    async def join(self, stream: Any) -> None:
+        await stream.send_message(Text(version="".join([m.version async for m in stream])))
+
+    async def big(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        for c in request.version:
+            await stream.send_message(Text(version=c * (2 * 1024 * 1024)))
+
     async def many(self, stream: Any) -> None:
         request = await stream.recv_message()
         for c in request.version:
@@ -65,6 +73,9 @@ class Probe:
         return {SERVICE + "Echo": unary(self.echo), SERVICE + "Missing": unary(self.missing),
                 SERVICE + "Hang": unary(self.hang), SERVICE + "Silent": unary(self.silent),
                 SERVICE + "Many": grpclib.const.Handler(self.many, Cardinality.UNARY_STREAM,
+                                                        Text, Text),
+                SERVICE + "Big": grpclib.const.Handler(self.big, Cardinality.UNARY_STREAM, Text, Text),
+                SERVICE + "Join": grpclib.const.Handler(self.join, Cardinality.STREAM_UNARY,
                                                         Text, Text)}
 
 
@@ -90,17 +101,17 @@ async def _unary(channel: Channel, method: str, value: str = "", **kw: Any) -> A
         return reply, stream
 
 
-async def test_unary_calls_take_the_short_path_with_the_middleware(served) -> None:
+async def test_unary_calls_run_through_the_middleware(served) -> None:
     probe, metrics, channel = served
     reply, stream = await _unary(channel, "Echo", "hi", metadata={"containerd-namespace": "ns1"})
     assert reply.version == "HI"
     assert stream.initial_metadata is not None and stream.trailing_metadata is not None
-    assert probe.streams == ["_UnaryStream"] and probe.namespaces == ["ns1"]
+    assert probe.streams == ["_Call"] and probe.namespaces == ["ns1"]
     # with a deadline (grpc-timeout): the same
     reply, _ = await _unary(channel, "Echo", "deadline", timeout=5,
                             metadata={"containerd-namespace": "ns2"})
     assert reply.version == "DEADLINE"
-    assert probe.streams == ["_UnaryStream"] * 2 and probe.namespaces == ["ns1", "ns2"]
+    assert probe.streams == ["_Call"] * 2 and probe.namespaces == ["ns1", "ns2"]
     text = metrics.render().decode()
     assert ('grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
             'grpc_service="test.v1.Probe",grpc_type="unary"} 2') in text
@@ -108,7 +119,7 @@ async def test_unary_calls_take_the_short_path_with_the_middleware(served) -> No
 
 async def test_errors_are_trailers_only_answers_with_the_code_and_message(served) -> None:
     _, metrics, channel = served
-    for kw in ({}, {"timeout": 5}):                      # short path, grpclib's path
+    for kw in ({}, {"timeout": 5}):                      # without and with a deadline
         with pytest.raises(GRPCError) as e:
             await _unary(channel, "Missing", **kw)
         assert e.value.status is Status.NOT_FOUND
@@ -141,7 +152,7 @@ async def test_a_cancelled_call_cancels_its_handler(served) -> None:
     assert reply.version == "NEXT"
 
 
-async def test_streams_and_unknown_methods_take_grpclibs_path(served) -> None:
+async def test_streamed_replies_and_unknown_methods(served) -> None:
     _, _, channel = served
     async with channel.request(SERVICE + "Many", Cardinality.UNARY_STREAM, Text,
                                Text) as stream:
@@ -150,3 +161,42 @@ async def test_streams_and_unknown_methods_take_grpclibs_path(served) -> None:
     with pytest.raises(GRPCError) as e:
         await _unary(channel, "Nope")
     assert e.value.status is Status.UNIMPLEMENTED
+
+
+async def test_client_streams_large_messages_and_flow_control(served) -> None:
+    _, metrics, channel = served
+    async with channel.request(SERVICE + "Join", Cardinality.STREAM_UNARY, Text, Text) as stream:
+        for part in ("a" * 3_000_000, "b" * 3_000_000, "c"):     # past the 4 MiB windows
+            await stream.send_message(Text(version=part))
+        await stream.end()
+        reply = await stream.recv_message()
+    assert reply.version == "a" * 3_000_000 + "b" * 3_000_000 + "c"
+    async with channel.request(SERVICE + "Big", Cardinality.UNARY_STREAM, Text, Text) as stream:
+        await stream.send_message(Text(version="xyz"), end=True)
+        sizes = [(m.version[0], len(m.version)) async for m in stream]
+    assert sizes == [(c, 2 * 1024 * 1024) for c in "xyz"]
+    with pytest.raises(GRPCError) as e:                    # over containerd's 16 MiB
+        await _unary(channel, "Echo", "x" * (17 * 1024 * 1024))
+    assert e.value.status is Status.RESOURCE_EXHAUSTED
+    reply, _ = await _unary(channel, "Echo", "still")
+    assert reply.version == "STILL"
+    assert 'grpc_code="OK",grpc_method="Join",grpc_service="test.v1.Probe",grpc_type="client_stream"' \
+        in metrics.render().decode()
+
+
+async def test_closing_the_server_cancels_running_calls(tmp_path: Path) -> None:
+    probe = Probe()
+    server = Server([probe])
+    path = str(tmp_path / "grpc.sock")
+    await server.start(path=path)
+    channel = Channel(path=path)
+    try:
+        call = asyncio.ensure_future(_unary(channel, "Hang"))
+        await asyncio.sleep(0.2)
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        assert probe.hang_cancelled.is_set()
+        with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError)):
+            await asyncio.wait_for(call, 5)
+    finally:
+        channel.close()

@@ -28,11 +28,14 @@ from ..api.containerd.services.namespaces import v1 as namespaces_api
 from ..api.containerd.services.version import v1 as version_api
 from ..config import DEFAULT_ADDRESS
 from ..metadata.namespaces import Namespace
+from ..services import h2speed
 from ..services.context import DEFAULT_NAMESPACE, NAMESPACE_HEADER
 from .containers import Container, ContainerInfo, Containers
 from .events import Envelope, Events
 from .images import ClientStream, Images, Progress, _call
 from .tasks import ExitStatus, Process, ProcessStatus, Task, Tasks
+
+h2speed.apply()
 
 __all__ = ["Client", "ClientStream", "Container", "ContainerInfo", "Containers", "Envelope", "Events",
            "ExitStatus", "Images", "Namespaces", "PluginInfo", "Process", "ProcessStatus", "Progress",

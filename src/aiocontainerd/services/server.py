@@ -1,26 +1,31 @@
-"""The gRPC server: grpclib on a unix socket, with containerd's request semantics.
+"""The gRPC server: the containerd API and the CRI on one unix socket, with containerd's
+request semantics.
 
-Every call passes through :class:`Server`'s middleware, which
+gRPC over HTTP/2 (grpc/grpc ``doc/PROTOCOL-HTTP2.md``) on this package's HTTP/2
+connection (``http2.py``); the methods are the generated services' ``__mapping__``
+tables (grpclib ``Handler``s, whose functions take a stream with grpclib's server
+``recv_message``/``send_message``/async iteration). ``ctr``, kubelet and crictl make
+dozens of short calls per container; in Python a general HTTP/2 stack (h2) under
+grpclib's server cost more than the handlers, so the server side is this one's own:
+
+- a request's headers pick the method by ``:path``; ``grpc-timeout`` sets a deadline
+  past which the handler is cancelled and the answer is ``DEADLINE_EXCEEDED``;
+  a client's RST_STREAM, or its going away, cancels the handler;
+- a unary answer - headers, the length-prefixed message, ``grpc-status`` trailers - is
+  written at once; an error is a trailers-only answer (``grpc-status``, percent-encoded
+  ``grpc-message``); streamed replies go out as they are sent, under flow control;
+- an unknown method answers ``UNIMPLEMENTED`` as a normal gRPC response (with
+  ``content-type``), which Go clients such as ``ctr`` read as Unimplemented and fall
+  back from; a compressed message ``UNIMPLEMENTED`` (no ``grpc-encoding`` is offered);
+  a message over 16 MiB (containerd's ``max_recv_message_size``) ``RESOURCE_EXHAUSTED``.
+
+Every call passes through :meth:`Server.middleware`, which
 
 - sets the request context (namespace and lease headers, see ``context.py``);
 - turns core errors (:class:`~aiocontainerd.errors.ContainerdError`) into
   gRPC statuses with their code and message, and any other exception into
   ``UNKNOWN`` with the message (logged with its traceback, never sent);
 - counts calls of served methods and their latency in the daemon's metrics.
-
-A method no handler serves answers ``UNIMPLEMENTED`` as a normal gRPC
-response (with ``content-type``), which Go clients such as ``ctr`` read as
-Unimplemented and fall back from; grpclib's own reply lacks the header, which
-Go reads as Unknown.
-
-Unary calls (``ctr`` and kubelet make them by the dozen per container) take a
-shorter path than grpclib's request handler (:meth:`_Handler.accept`): the same
-HTTP/2 stream and the same wire answer - headers, the length-prefixed message,
-``grpc-status`` trailers; on an error a trailers-only answer and a stream reset,
-as grpclib sends them; past the ``grpc-timeout`` deadline the handler is
-cancelled and the answer is ``DEADLINE_EXCEEDED`` - without its per-call
-``Stream`` object and event dispatch. Every other call (streams, a malformed
-request) goes to grpclib's own.
 """
 
 from __future__ import annotations
@@ -28,77 +33,136 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import grpclib.const
-import grpclib.protocol
-import grpclib.server
-import grpclib.stream
-import h2.exceptions
-from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
 from grpclib.metadata import decode_timeout, encode_grpc_message
 
 from ..errors import ContainerdError
 from ..metrics import Metrics
-from . import context, h2speed
-
-h2speed.apply()
-_PROTOCOL = h2speed.coalescing(grpclib.protocol.H2Protocol)
+from . import context, http2
 
 log = logging.getLogger(__name__)
 
-
-async def _unimplemented(stream: grpclib.server.Stream) -> None:
-    raise GRPCError(grpclib.const.Status.UNIMPLEMENTED, "unknown service or method")
-
-
-_UNIMPLEMENTED = grpclib.const.Handler(
-    _unimplemented, grpclib.const.Cardinality.STREAM_STREAM, None, None)
-
-
+Status = grpclib.const.Status
 Cardinality = grpclib.const.Cardinality
 _KIND = {Cardinality.UNARY_UNARY: "unary", Cardinality.UNARY_STREAM: "server_stream",
          Cardinality.STREAM_UNARY: "client_stream", Cardinality.STREAM_STREAM: "bidi_stream"}
 #: gRPC status names as Go spells them (codes.Code.String), which go-grpc-prometheus exports.
-_CODE_NAMES = {s: "".join(w.capitalize() for w in s.name.split("_")) for s in grpclib.const.Status}
-_CODE_NAMES[grpclib.const.Status.OK] = "OK"
-_CODE_NAMES[grpclib.const.Status.CANCELLED] = "Canceled"
+_CODE_NAMES = {s: "".join(w.capitalize() for w in s.name.split("_")) for s in Status}
+_CODE_NAMES[Status.OK] = "OK"
+_CODE_NAMES[Status.CANCELLED] = "Canceled"
+
+MAX_RECEIVE = 16 * 1024 * 1024   # bytes of one request message (containerd's default)
+_CONTENT_TYPE = "application/grpc+proto"
+_HEADERS = http2.encode_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
+_TRAILERS_OK = http2.encode_headers([("grpc-status", "0")])
+_UNARY_REPLY = (Cardinality.UNARY_UNARY, Cardinality.STREAM_UNARY)
 
 
-class _Mapping(dict):
-    """Method table that answers every unknown path with the UNIMPLEMENTED handler."""
-
-    def get(self, key: str, default: Any = None) -> grpclib.const.Handler:  # type: ignore[override]
-        return super().get(key, _UNIMPLEMENTED)
-
-
-class Server(grpclib.server.Server):
-    """grpclib server with containerd's middleware (see the module doc)."""
+class Server:
+    """The gRPC server of the module doc, serving ``handlers`` (objects with a
+    ``__mapping__()`` of method paths to grpclib ``Handler``s); ``metrics`` counts calls."""
 
     def __init__(self, handlers: Collection[Any], metrics: Metrics | None = None) -> None:
-        super().__init__(handlers)
-        self._mapping = _Mapping(self._mapping)
+        self._mapping: dict[str, grpclib.const.Handler] = {}
+        for handler in handlers:
+            self._mapping.update(handler.__mapping__())
         self._metrics = metrics
-        listen(self, RecvRequest, self._on_request)
+        self._server: asyncio.Server | None = None
+        self._connections: set[http2.Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def _protocol_factory(self) -> Any:
-        # grpclib's own factory, with our handler (the unary path) and a protocol that
-        # writes through a CoalescingTransport (h2speed)
-        self.__gc_step__()
-        handler = _Handler(self, self._mapping, self._codec, self._status_details_codec,
-                           self.__dispatch__)
-        self._handlers.add(handler)
-        return _PROTOCOL(handler, self._config, self._h2_config)
+    async def start(self, path: str | None = None, *, sock: Any = None) -> None:
+        """Serve on the unix socket at ``path``, or on the listening socket ``sock``."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._connect, path=path, sock=sock)
 
-    async def _on_request(self, event: RecvRequest) -> None:
-        event.method_func = self.middleware(event.method_name, event.method_func, event.metadata)
+    def close(self) -> None:
+        """Stop accepting connections, tell the open ones to go away (GOAWAY) and cancel
+        every running call. Raises RuntimeError if the server was never started."""
+        if self._server is None:
+            raise RuntimeError("the server was not started")
+        self._server.close()
+        for connection in list(self._connections):
+            connection.go_away()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` is done: every call has ended, every connection closed."""
+        if self._server is None:
+            raise RuntimeError("the server was not started")
+        await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        for connection in list(self._connections):
+            connection.close()
+
+    def _connect(self) -> http2.Connection:
+        connection = http2.Connection(self._request, self._connections.discard)
+        self._connections.add(connection)
+        return connection
+
+    def _request(self, stream: http2.Stream) -> None:
+        headers = stream.headers
+        path = headers.get(":path", "")
+        if headers.get(":method") != "POST":
+            _refuse(stream, "405", "method not allowed: gRPC is POST")
+            return
+        if not headers.get("content-type", "").startswith("application/grpc"):
+            _refuse(stream, "415", "unsupported content-type: not application/grpc")
+            return
+        method = self._mapping.get(path)
+        if method is None:
+            _fail(stream, False, Status.UNIMPLEMENTED, "unknown service or method")
+            return
+        deadline = None
+        timeout = headers.get("grpc-timeout")
+        if timeout is not None:
+            try:
+                deadline = decode_timeout(timeout)
+            except ValueError:
+                _fail(stream, False, Status.INVALID_ARGUMENT, f"malformed grpc-timeout {timeout!r}")
+                return
+        encoding = headers.get("grpc-encoding")
+        if encoding not in (None, "identity"):
+            _fail(stream, False, Status.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
+            return
+        call = self.middleware(path, method.func, headers)
+        task = asyncio.get_running_loop().create_task(self._serve(stream, method, call, deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        stream.on_reset = task.cancel
+
+    async def _serve(self, stream: http2.Stream, method: grpclib.const.Handler, call: Any,
+                     deadline: float | None) -> None:
+        """Run ``call`` on ``stream`` within ``deadline`` seconds (None: none) and answer."""
+        grpc = _Call(stream, method)
+        try:
+            try:
+                try:
+                    async with asyncio.timeout(deadline):
+                        await call(grpc)
+                except TimeoutError:  # the deadline (the middleware turns a handler's own into UNKNOWN)
+                    raise GRPCError(Status.DEADLINE_EXCEEDED) from None
+                await grpc.finish()
+            except GRPCError as e:
+                _fail(stream, grpc.sent, e.status, e.message)
+        except http2.StreamReset:
+            pass          # the client went away: nobody to answer
+        except asyncio.CancelledError:
+            stream.reset(http2.CANCEL)   # the client reset the stream, or the server closes
+        except Exception:
+            log.exception("error answering a call", extra={"fields": {"method": stream.headers.get(":path")}})
+            stream.reset(http2.INTERNAL_ERROR)
 
     def middleware(self, method: str, func: Any, metadata: Any) -> Any:
         """``func`` (a grpclib method handler taking the call's stream) wrapped in the
         middleware of the module doc; ``metadata`` maps the request's header names to values."""
-        known = dict.get(self._mapping, method)
+        known = self._mapping.get(method)
         kind = _KIND[known.cardinality] if known is not None else None
         ctx = context.RequestContext(
             namespace=_header(metadata, context.NAMESPACE_HEADER),
@@ -106,7 +170,7 @@ class Server(grpclib.server.Server):
         )
         metrics = self._metrics
 
-        async def call(stream: grpclib.server.Stream) -> None:
+        async def call(stream: _Call) -> None:
             context.current.set(ctx)
             started = time.perf_counter()
             code = grpclib.const.Status.OK
@@ -118,7 +182,7 @@ class Server(grpclib.server.Server):
             except GRPCError as e:
                 code = e.status
                 raise
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, http2.StreamReset):  # the client is gone
                 code = grpclib.const.Status.CANCELLED
                 raise
             except Exception as e:
@@ -132,98 +196,108 @@ class Server(grpclib.server.Server):
         return call
 
 
-_CONTENT_TYPE = "application/grpc+proto"
-_CONTENT_TYPES = ("application/grpc", _CONTENT_TYPE)
-_UNARY = grpclib.const.Cardinality.UNARY_UNARY
+class _Call:
+    """What generated method handlers use of grpclib's server ``Stream``: ``recv_message``
+    (None after the last), async iteration over the requests, ``send_message``."""
 
+    __slots__ = ("_buffer", "_request_type", "_stream", "_unary_reply", "reply", "sent")
 
-class _Handler(grpclib.server.Handler):
-    """grpclib's connection handler; unary calls take :meth:`_unary`."""
-
-    def __init__(self, server: Server, *args: Any) -> None:
-        super().__init__(*args)
-        self._server = server
-
-    def accept(self, stream: grpclib.protocol.Stream, headers: Any,
-               release_stream: Any) -> None:
-        fields = dict(headers)
-        method = self.mapping.get(fields.get(":path"))
-        timeout = fields.get("grpc-timeout")
-        try:
-            seconds = None if timeout is None else decode_timeout(timeout)
-        except ValueError:
-            seconds = -1.0  # grpclib answers a malformed one
-        if (method.cardinality is not _UNARY or fields.get(":method") != "POST"
-                or fields.get("content-type") not in _CONTENT_TYPES
-                or fields.get("te") != "trailers" or (seconds is not None and seconds < 0)):
-            super().accept(stream, headers, release_stream)
-            return
-        self.__gc_step__()
-        call = self._server.middleware(fields[":path"], method.func, fields)
-        self._tasks[stream] = self.loop.create_task(
-            self._unary(stream, call, method, release_stream, seconds))
-
-    async def _unary(self, stream: grpclib.protocol.Stream, call: Any,
-                     method: grpclib.const.Handler, release_stream: Any,
-                     deadline: float | None) -> None:
-        """Read the request, run ``call`` within ``deadline`` seconds (None: none), answer
-        (see the module doc)."""
-        try:
-            try:
-                try:
-                    async with asyncio.timeout(deadline):
-                        request = await grpclib.stream.recv_message(
-                            stream, self.codec, method.request_type)
-                        if request is None:
-                            raise GRPCError(grpclib.const.Status.INTERNAL, "no request message")
-                        unary = _UnaryStream(request)
-                        await call(unary)
-                except TimeoutError:  # the deadline (the middleware turns a handler's own into UNKNOWN)
-                    raise GRPCError(grpclib.const.Status.DEADLINE_EXCEEDED) from None
-                if unary.reply is None:
-                    raise GRPCError(grpclib.const.Status.UNKNOWN, "Internal Server Error")
-            except GRPCError as e:
-                trailers = [(":status", "200"), ("content-type", _CONTENT_TYPE),
-                            ("grpc-status", str(e.status.value))]
-                if e.message is not None:
-                    trailers.append(("grpc-message", encode_grpc_message(e.message)))
-                await stream.send_headers(trailers, end_stream=True)
-                if stream.closable:
-                    stream.reset_nowait()
-                _flush(stream)
-                return
-            await stream.send_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
-            await grpclib.stream.send_message(stream, self.codec, unary.reply, method.reply_type)
-            await stream.send_headers([("grpc-status", "0")], end_stream=True)
-            _flush(stream)
-        except (StreamTerminatedError, h2.exceptions.StreamClosedError, ConnectionError):
-            pass  # the client went away: nobody to answer
-        except Exception:
-            log.exception("error answering a unary call")
-        finally:
-            release_stream()
-
-
-def _flush(stream: grpclib.protocol.Stream) -> None:
-    """Write the answer now (the CoalescingTransport's queue): it is complete, no need to
-    wait for the loop's next turn."""
-    stream._transport.flush()
-
-
-class _UnaryStream:
-    """What a generated unary method handler uses of grpclib's server ``Stream``."""
-
-    __slots__ = ("_request", "reply")
-
-    def __init__(self, request: Any) -> None:
-        self._request = request
-        self.reply: Any = None
+    def __init__(self, stream: http2.Stream, method: grpclib.const.Handler) -> None:
+        self._stream = stream
+        self._request_type = method.request_type
+        self._buffer = bytearray()
+        self._unary_reply = method.cardinality in _UNARY_REPLY
+        self.reply: bytes | None = None     # a unary reply, sent by finish()
+        self.sent = False                   # headers sent
 
     async def recv_message(self) -> Any:
-        return self._request
+        """The next request message, or None after the last (a gRPC length-prefixed message:
+        1 byte compressed flag, 4 bytes big-endian length)."""
+        buf = self._buffer
+        while True:
+            have = len(buf)
+            if have >= 5:
+                if buf[0]:
+                    raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+                size = int.from_bytes(buf[1:5], "big")
+                if size > MAX_RECEIVE:
+                    raise GRPCError(Status.RESOURCE_EXHAUSTED,
+                                    f"received message larger than max ({size} vs. {MAX_RECEIVE})")
+                if have >= 5 + size:
+                    data = bytes(buf[5:5 + size])
+                    del buf[:5 + size]
+                    return self._request_type.FromString(data)
+            chunk = await self._stream.read()
+            if not chunk:
+                if buf:
+                    raise GRPCError(Status.INTERNAL, "the request ended inside a message")
+                return None
+            buf += chunk
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while (message := await self.recv_message()) is not None:
+            yield message
 
     async def send_message(self, message: Any) -> None:
-        self.reply = message
+        """Send one reply message (a unary method's: kept for :meth:`finish`)."""
+        data = bytes(message)
+        framed = b"\0" + len(data).to_bytes(4, "big") + data
+        if self._unary_reply:
+            if self.reply is not None:
+                raise GRPCError(Status.INTERNAL, "a unary method sent a second reply")
+            self.reply = framed
+            return
+        if not self.sent:
+            self._stream.send_headers(_HEADERS)
+            self.sent = True
+        await self._stream.send_data(framed)
+
+    async def finish(self) -> None:
+        """End a call whose handler returned: the unary reply, then ``grpc-status: 0``."""
+        stream = self._stream
+        if self._unary_reply:
+            reply = self.reply
+            if reply is None:
+                raise GRPCError(Status.UNKNOWN, "Internal Server Error")
+            if stream.try_send(_HEADERS, reply, _TRAILERS_OK):
+                return
+            stream.send_headers(_HEADERS)
+            self.sent = True
+            await stream.send_data(reply)
+        elif not self.sent:
+            self.sent = True
+            stream.send_headers(http2.encode_headers(
+                [(":status", "200"), ("content-type", _CONTENT_TYPE), ("grpc-status", "0")]),
+                end_stream=True)
+            stream.flush()
+            return
+        stream.send_headers(_TRAILERS_OK, end_stream=True)
+        stream.flush()
+
+
+def _fail(stream: http2.Stream, sent: bool, status: Status, message: str | None) -> None:
+    """End ``stream`` with ``status``: trailers, or a trailers-only answer if no headers
+    were ``sent``."""
+    if stream.ended:
+        return
+    fields = [("grpc-status", str(status.value))]
+    if message is not None:
+        fields.append(("grpc-message", encode_grpc_message(message)))
+    if not sent:
+        fields[:0] = [(":status", "200"), ("content-type", _CONTENT_TYPE)]
+    stream.send_headers(http2.encode_headers(fields), end_stream=True)
+    stream.abandon()
+    stream.flush()
+
+
+def _refuse(stream: http2.Stream, status: str, message: str) -> None:
+    """An HTTP-level refusal (gRPC PROTOCOL-HTTP2.md: 405 for a method, 415 for a
+    content-type) with an UNKNOWN gRPC status for clients that read it."""
+    stream.send_headers(http2.encode_headers(
+        [(":status", status), ("grpc-status", str(Status.UNKNOWN.value)),
+         ("grpc-message", encode_grpc_message(message))]), end_stream=True)
+    stream.abandon()
+    stream.flush()
 
 
 def _header(metadata: Any, name: str) -> str | None:
