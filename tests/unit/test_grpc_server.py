@@ -38,6 +38,12 @@ class Probe:
         self.namespaces.append(context.current.get().namespace)
         await stream.send_message(Text(version=request.version.upper()))
 
+    async def wired(self, stream: Any) -> None:
+        await stream.recv_message()
+        reply = Text(version="fields")
+        reply.SerializeToString = lambda: bytes(Text(version="pre-encoded"))
+        await stream.send_message(reply)
+
     async def missing(self, stream: Any) -> None:
         await stream.recv_message()
         raise NotFound("probe \"x\": not found")
@@ -71,6 +77,7 @@ class Probe:
             return grpclib.const.Handler(func, Cardinality.UNARY_UNARY, Text, Text)
 
         return {SERVICE + "Echo": unary(self.echo), SERVICE + "Missing": unary(self.missing),
+                SERVICE + "Wired": unary(self.wired),
                 SERVICE + "Hang": unary(self.hang), SERVICE + "Silent": unary(self.silent),
                 SERVICE + "Many": grpclib.const.Handler(self.many, Cardinality.UNARY_STREAM,
                                                         Text, Text),
@@ -180,6 +187,8 @@ async def test_client_streams_large_messages_and_flow_control(served) -> None:
     assert e.value.status is Status.RESOURCE_EXHAUSTED
     reply, _ = await _unary(channel, "Echo", "still")
     assert reply.version == "STILL"
+    reply, _ = await _unary(channel, "Wired")           # the reply's own SerializeToString
+    assert reply.version == "pre-encoded"
     assert 'grpc_code="OK",grpc_method="Join",grpc_service="test.v1.Probe",grpc_type="client_stream"' \
         in metrics.render().decode()
 

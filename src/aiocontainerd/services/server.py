@@ -239,8 +239,10 @@ class _Call:
             yield message
 
     async def send_message(self, message: Any) -> None:
-        """Send one reply message (a unary method's: kept for :meth:`finish`)."""
-        data = bytes(message)
+        """Send one reply message (a unary method's: kept for :meth:`finish`). Its encoding
+        is ``message.SerializeToString()``, as grpclib's codec takes it (CRI list replies
+        carry a pre-encoded one, ``cri.sandbox.with_wire``)."""
+        data = message.SerializeToString()
         framed = b"\0" + len(data).to_bytes(4, "big") + data
         if self._unary_reply:
             if self.reply is not None:
