@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpclib.const
+import h2.events
 import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
@@ -19,6 +20,7 @@ from aiocontainerd.errors import NotFound
 from aiocontainerd.metrics import Metrics
 from aiocontainerd.services import context
 from aiocontainerd.services.server import Server
+from tests.unit.test_http2 import Peer, _of
 
 SERVICE = "/test.v1.Probe/"
 
@@ -209,3 +211,66 @@ async def test_closing_the_server_cancels_running_calls(tmp_path: Path) -> None:
             await asyncio.wait_for(call, 5)
     finally:
         channel.close()
+
+
+def _framed(text: str) -> bytes:
+    data = bytes(Text(version=text))
+    return b"\0" + len(data).to_bytes(4, "big") + data
+
+
+def _raw(server: Server) -> Peer:
+    """An h2 client on an in-memory connection to ``server`` (not started)."""
+    return Peer(server=server._connect())
+
+
+REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", SERVICE + "Echo"),
+           (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+
+
+async def _answer(peer: Peer, sid: int) -> dict[bytes, bytes]:
+    """The trailers (or trailers-only headers) of stream ``sid``, once they arrive."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+        peer.pump()
+        for e in peer.events:
+            if isinstance(e, (h2.events.TrailersReceived, h2.events.ResponseReceived)) \
+                    and e.stream_id == sid and b"grpc-status" in dict(e.headers):
+                return dict(e.headers)
+    raise AssertionError(f"no answer on stream {sid}")
+
+
+async def test_unary_requests_the_client_leaves_open_or_empty() -> None:
+    probe = Probe()
+    server = Server([probe])
+    peer = _raw(server)
+    connection = peer.server
+    sid = peer.request(REQUEST, body=_framed("open"), end=False)   # never half-closed
+    assert (await _answer(peer, sid))[b"grpc-status"] == b"0"
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == sid and e.error_code == 0
+               for e in peer.events)                  # RST_STREAM(NO_ERROR) after the answer
+    assert not connection.streams
+    sid = peer.request(REQUEST)                       # headers only: no message
+    answer = await _answer(peer, sid)
+    assert answer[b"grpc-status"] == str(Status.INTERNAL.value).encode()
+    assert answer[b"grpc-message"] == b"the request has no message"
+    for bad in ("9" * 400 + "m", "1x", "123456789S"):  # over 8 digits, no unit
+        sid = peer.request([*REQUEST, ("grpc-timeout", bad)], body=_framed("t"))
+        assert (await _answer(peer, sid))[b"grpc-status"] == str(Status.INTERNAL.value).encode()
+    sid = peer.request([*REQUEST, ("grpc-timeout", "99999999H")], body=_framed("ok"))
+    assert (await _answer(peer, sid))[b"grpc-status"] == b"0"
+    assert not peer.wire.closed and not connection.streams
+
+
+async def test_a_closing_server_answers_running_calls_unavailable() -> None:
+    probe = Probe()
+    server = Server([probe])
+    server._server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+    peer = _raw(server)
+    sid = peer.request([*REQUEST[:2], (":path", SERVICE + "Hang"), *REQUEST[3:]], body=_framed("x"))
+    await asyncio.sleep(0.05)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 5)
+    answer = await _answer(peer, sid)
+    assert answer[b"grpc-status"] == str(Status.UNAVAILABLE.value).encode()
+    assert probe.hang_cancelled.is_set()
+    assert _of(peer.events, h2.events.ConnectionTerminated)    # GOAWAY

@@ -26,6 +26,13 @@ class Wire:
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.data += data
@@ -47,10 +54,11 @@ class Wire:
 class Peer:
     """An h2 client connected to an http2.Connection through a Wire."""
 
-    def __init__(self, settings: dict[int, int] | None = None) -> None:
+    def __init__(self, settings: dict[int, int] | None = None,
+                 server: http2.Connection | None = None) -> None:
         self.requests: list[http2.Stream] = []
         self.lost: list[http2.Connection] = []
-        self.server = http2.Connection(self.requests.append, self.lost.append)
+        self.server = server or http2.Connection(self.requests.append, self.lost.append)
         self.wire = Wire()
         self.server.connection_made(self.wire)  # type: ignore[arg-type]
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -225,6 +233,10 @@ async def test_protocol_errors_close_the_connection_with_goaway() -> None:
     peer = Peer()
     peer.server.data_received(http2.frame(http2.HEADERS, http2.END_HEADERS, 1, b"\xff\xff\xff\xff"))
     assert peer.wire.closed                              # an index past every table
+    for kind, payload in ((http2.RST_STREAM, b"\0\0\0\0"), (http2.WINDOW_UPDATE, b"\0\0\0\1")):
+        peer = Peer()                                    # on a stream never opened
+        peer.server.data_received(http2.frame(kind, 0, 7, payload))
+        assert peer.wire.closed
 
 
 def test_cached_header_blocks_decode_as_a_fresh_decoder_does() -> None:
@@ -275,3 +287,42 @@ def test_header_encoding_never_touches_the_dynamic_table() -> None:
     block = b"\x20" + http2.encode_headers(fields)
     assert [(n, v) for n, v in decoder.decode(block)] == fields
     assert len(decoder.header_table.dynamic_entries) == 0
+
+
+async def test_floods_are_bounded() -> None:
+    peer = Peer()
+    peer.server.data_received(http2.frame(http2.HEADERS, 0, 1, b"\x82"))      # no END_HEADERS
+    for _ in range(20):
+        if peer.wire.closed:
+            break
+        peer.server.data_received(http2.frame(http2.CONTINUATION, 0, 1, b"\x82" * 16384))
+    assert peer.wire.closed                          # past 2 x MAX_HEADER_LIST: refused
+    [goaway] = _of(peer.client.receive_data(peer.wire.take()), h2.events.ConnectionTerminated)
+    assert goaway.error_code == http2.ENHANCE_YOUR_CALM
+    peer = Peer()                                    # a client that does not read is not read
+    peer.server.pause_writing()
+    assert not peer.wire.reading
+    peer.server.resume_writing()
+    assert peer.wire.reading
+    peer = Peer()                                    # many window settings in one frame: the last
+    peer.request(end=False)
+    [stream] = peer.requests
+    entries = b"".join(http2._SETTING.pack(http2.INITIAL_WINDOW_SIZE, n) for n in (5, 70000, 100))
+    peer.server.data_received(http2.frame(http2.SETTINGS, 0, 0, entries))
+    assert stream.send_window == 100 and peer.server.peer_initial_window == 100
+    stream.send_window = http2.MAX_WINDOW - 10       # a window pushed past 2^31-1: refused
+    peer.server.data_received(http2.frame(http2.SETTINGS, 0, 0,
+                                          http2._SETTING.pack(http2.INITIAL_WINDOW_SIZE, 200)))
+    assert peer.wire.closed
+
+
+async def test_a_stream_that_stops_reading_keeps_nothing() -> None:
+    peer = Peer()
+    sid = peer.request(body=b"one", end=False)
+    [stream] = peer.requests
+    assert await stream.read() == b"one"
+    stream.stop_reading()
+    for _ in range(4):
+        peer.client.send_data(sid, b"x" * 16000)
+    peer.pump()
+    assert not stream._chunks

@@ -46,7 +46,8 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 # error codes (§7)
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED, \
-    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, \
+    ENHANCE_YOUR_CALM = range(12)
 # settings (§6.5.2)
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
     MAX_HEADER_LIST_SIZE = range(1, 7)
@@ -55,8 +56,12 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_WINDOW = 65535
 DEFAULT_FRAME = 16384
 MAX_WINDOW = 2**31 - 1
-#: what this server lets a client send before it reads, per stream and per connection (bytes)
-RECEIVE_WINDOW = 4 * 1024 * 1024
+#: what this server lets a client send before it reads (bytes): per stream, per connection
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 4 * 1024 * 1024
+#: the largest request header list (bytes, RFC 9113 §6.5.2; the hpack library's default),
+#: advertised; a header block whose compressed fragments pass twice that is refused
+MAX_HEADER_LIST = 65536
 
 _HEAD = struct.Struct(">HBBBL")        # length (24 bits as 16 + 8), type, flags, stream id
 _SETTING = struct.Struct(">HL")
@@ -147,6 +152,7 @@ class Stream:
     __slots__ = (
         "_chunks",
         "_consumed",
+        "_discard",
         "_local_closed",
         "_remote_closed",
         "_reset",
@@ -164,7 +170,7 @@ class Stream:
         self.id = stream_id
         self.headers = headers
         self.send_window = connection.peer_initial_window
-        self.recv_window = RECEIVE_WINDOW
+        self.recv_window = STREAM_WINDOW
         self.on_reset: Callable[[], None] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -172,6 +178,7 @@ class Stream:
         self._local_closed = False
         self._reset = False
         self._consumed = 0
+        self._discard = False
 
     @property
     def ended(self) -> bool:
@@ -194,7 +201,7 @@ class Stream:
                 self._waiter = None
         chunk = self._chunks.popleft()
         self._consumed += len(chunk)
-        if self._consumed >= RECEIVE_WINDOW // 2 and not self._remote_closed and not self.ended:
+        if self._consumed >= STREAM_WINDOW // 2 and not self._remote_closed and not self.ended:
             self.connection.write(frame(WINDOW_UPDATE, 0, self.id, _U32.pack(self._consumed)))
             self.recv_window += self._consumed
             self._consumed = 0
@@ -253,6 +260,12 @@ class Stream:
         self.connection.write(frame(RST_STREAM, 0, self.id, _U32.pack(code)))
         self.connection.forget(self)
 
+    def stop_reading(self) -> None:
+        """Drop the rest of the request body unread (and uncredited: a client sending more
+        stalls on its window, nothing is kept here)."""
+        self._discard = True
+        self._chunks.clear()
+
     def flush(self) -> None:
         """Write what is queued for this connection now."""
         self.connection.flush()
@@ -275,7 +288,7 @@ class Stream:
         self.connection.forget(self)
 
     def _receive(self, data: bytes, end: bool) -> None:
-        if data and not self._local_closed:
+        if data and not (self._local_closed or self._discard):
             self._chunks.append(data)
         if end:
             self._remote_closed = True
@@ -329,9 +342,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        settings = _SETTING.pack(INITIAL_WINDOW_SIZE, RECEIVE_WINDOW)
+        settings = (_SETTING.pack(INITIAL_WINDOW_SIZE, STREAM_WINDOW)
+                    + _SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
         self.write(frame(SETTINGS, 0, 0, settings)
-                   + frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECEIVE_WINDOW - DEFAULT_WINDOW)))
+                   + frame(WINDOW_UPDATE, 0, 0, _U32.pack(CONNECTION_WINDOW - DEFAULT_WINDOW)))
 
     def data_received(self, data: bytes) -> None:
         if self._buffer:
@@ -381,10 +395,16 @@ class Connection(asyncio.Protocol):
             self._buffer = bytearray(work[pos:])
 
     def pause_writing(self) -> None:
+        # a client that does not read what it is sent is not read either: what it sends
+        # may need answers (PING, SETTINGS) that would pile up here
         self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -492,6 +512,8 @@ class Connection(asyncio.Protocol):
             if kind != CONTINUATION or stream_id != cont_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "expected CONTINUATION")
             parts.append(payload)
+            if sum(map(len, parts)) > 2 * MAX_HEADER_LIST:
+                raise ConnectionError_(ENHANCE_YOUR_CALM, "header block too large")
             if flags & END_HEADERS:
                 self._continuation = None
                 self._headers(stream_id, cont_flags, b"".join(parts))
@@ -528,6 +550,8 @@ class Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if stream_id == 0 or len(payload) != 4:
                 raise ConnectionError_(PROTOCOL_ERROR, "malformed RST_STREAM")
+            if stream_id > self._last_stream:
+                raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 stream._peer_reset()
@@ -548,7 +572,7 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         self._received += size
-        if self._received >= RECEIVE_WINDOW // 2:
+        if self._received >= CONNECTION_WINDOW // 2:
             self.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._received)))
             self._received = 0
         data = payload
@@ -628,21 +652,26 @@ class Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+        initial = None
         for i in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, i)
             if key == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
+                initial = value           # the last one counts (§6.5.3); applied once below
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "invalid SETTINGS_MAX_FRAME_SIZE")
                 self.peer_max_frame = value
             elif key == ENABLE_PUSH and value > 1:
                 raise ConnectionError_(PROTOCOL_ERROR, "invalid SETTINGS_ENABLE_PUSH")
+        if initial is not None and initial != self.peer_initial_window:
+            delta = initial - self.peer_initial_window
+            self.peer_initial_window = initial
+            for stream in self.streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionError_(FLOW_CONTROL_ERROR, "a stream window overflows (§6.9.2)")
         self.write(frame(SETTINGS, ACK, 0))
         self._wake()
 
@@ -659,6 +688,8 @@ class Connection(asyncio.Protocol):
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
+                if stream_id > self._last_stream:
+                    raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
                 return
             if increment == 0 or stream.send_window + increment > MAX_WINDOW:
                 self.streams.pop(stream_id, None)

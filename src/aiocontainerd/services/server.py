@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Collection
 from typing import Any
@@ -60,6 +61,8 @@ _CONTENT_TYPE = "application/grpc+proto"
 _HEADERS = http2.encode_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
 _TRAILERS_OK = http2.encode_headers([("grpc-status", "0")])
 _UNARY_REPLY = (Cardinality.UNARY_UNARY, Cardinality.STREAM_UNARY)
+_UNARY_REQUEST = (Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM)
+_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")   # PROTOCOL-HTTP2.md: at most 8 digits and a unit
 
 
 class Server:
@@ -74,6 +77,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._connections: set[http2.Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self, path: str | None = None, *, sock: Any = None) -> None:
         """Serve on the unix socket at ``path``, or on the listening socket ``sock``."""
@@ -81,15 +85,22 @@ class Server:
         self._server = await loop.create_unix_server(self._connect, path=path, sock=sock)
 
     def close(self) -> None:
-        """Stop accepting connections, tell the open ones to go away (GOAWAY) and cancel
-        every running call. Raises RuntimeError if the server was never started."""
+        """Stop accepting connections, cancel every running call (each answers UNAVAILABLE)
+        and then tell the connections to go away (GOAWAY; each closes after its last
+        stream). Raises RuntimeError if the server was never started."""
         if self._server is None:
             raise RuntimeError("the server was not started")
+        self._closing = True
         self._server.close()
-        for connection in list(self._connections):
-            connection.go_away()
         for task in list(self._tasks):
             task.cancel()
+        # after the cancelled calls' answers (scheduled first): a client's h2 stops
+        # reading streams at GOAWAY
+        asyncio.get_running_loop().call_soon(self._go_away)
+
+    def _go_away(self) -> None:
+        for connection in list(self._connections):
+            connection.go_away()
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` is done: every call has ended, every connection closed."""
@@ -98,6 +109,7 @@ class Server:
         await self._server.wait_closed()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        self._go_away()
         for connection in list(self._connections):
             connection.close()
 
@@ -122,11 +134,10 @@ class Server:
         deadline = None
         timeout = headers.get("grpc-timeout")
         if timeout is not None:
-            try:
-                deadline = decode_timeout(timeout)
-            except ValueError:
-                _fail(stream, False, Status.INVALID_ARGUMENT, f"malformed grpc-timeout {timeout!r}")
+            if not _TIMEOUT.fullmatch(timeout):
+                _fail(stream, False, Status.INTERNAL, f"malformed grpc-timeout {timeout[:20]!r}")
                 return
+            deadline = decode_timeout(timeout)
         encoding = headers.get("grpc-encoding")
         if encoding not in (None, "identity"):
             _fail(stream, False, Status.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
@@ -154,7 +165,10 @@ class Server:
         except http2.StreamReset:
             pass          # the client went away: nobody to answer
         except asyncio.CancelledError:
-            stream.reset(http2.CANCEL)   # the client reset the stream, or the server closes
+            if self._closing:            # as containerd's clients see a stopping daemon
+                _fail(stream, grpc.sent, Status.UNAVAILABLE, "the server is shutting down")
+            else:                        # the client reset the stream: already gone
+                stream.reset(http2.CANCEL)
         except Exception:
             log.exception("error answering a call", extra={"fields": {"method": stream.headers.get(":path")}})
             stream.reset(http2.INTERNAL_ERROR)
@@ -200,19 +214,33 @@ class _Call:
     """What generated method handlers use of grpclib's server ``Stream``: ``recv_message``
     (None after the last), async iteration over the requests, ``send_message``."""
 
-    __slots__ = ("_buffer", "_request_type", "_stream", "_unary_reply", "reply", "sent")
+    __slots__ = ("_buffer", "_request_type", "_stream", "_unary_reply", "_unary_request", "reply",
+                 "sent")
 
     def __init__(self, stream: http2.Stream, method: grpclib.const.Handler) -> None:
         self._stream = stream
         self._request_type = method.request_type
         self._buffer = bytearray()
         self._unary_reply = method.cardinality in _UNARY_REPLY
+        self._unary_request = method.cardinality in _UNARY_REQUEST   # None: its one message was read
         self.reply: bytes | None = None     # a unary reply, sent by finish()
         self.sent = False                   # headers sent
 
     async def recv_message(self) -> Any:
         """The next request message, or None after the last (a gRPC length-prefixed message:
-        1 byte compressed flag, 4 bytes big-endian length)."""
+        1 byte compressed flag, 4 bytes big-endian length). A unary request without its
+        message is INTERNAL; the rest of a unary request after its message is dropped."""
+        if self._unary_request is None:
+            return None
+        message = await self._next()
+        if self._unary_request:
+            if message is None:
+                raise GRPCError(Status.INTERNAL, "the request has no message")
+            self._unary_request = None
+            self._stream.stop_reading()
+        return message
+
+    async def _next(self) -> Any:
         buf = self._buffer
         while True:
             have = len(buf)
@@ -255,25 +283,28 @@ class _Call:
         await self._stream.send_data(framed)
 
     async def finish(self) -> None:
-        """End a call whose handler returned: the unary reply, then ``grpc-status: 0``."""
+        """End a call whose handler returned: the unary reply, then ``grpc-status: 0``; a
+        unary request the client has not ended is then reset (RST_STREAM NO_ERROR, as
+        grpc-go does), so a client that never ends it holds nothing here."""
         stream = self._stream
         if self._unary_reply:
             reply = self.reply
             if reply is None:
                 raise GRPCError(Status.UNKNOWN, "Internal Server Error")
-            if stream.try_send(_HEADERS, reply, _TRAILERS_OK):
-                return
-            stream.send_headers(_HEADERS)
-            self.sent = True
-            await stream.send_data(reply)
+            if not stream.try_send(_HEADERS, reply, _TRAILERS_OK):
+                stream.send_headers(_HEADERS)
+                self.sent = True
+                await stream.send_data(reply)
+                stream.send_headers(_TRAILERS_OK, end_stream=True)
         elif not self.sent:
             self.sent = True
             stream.send_headers(http2.encode_headers(
                 [(":status", "200"), ("content-type", _CONTENT_TYPE), ("grpc-status", "0")]),
                 end_stream=True)
-            stream.flush()
-            return
-        stream.send_headers(_TRAILERS_OK, end_stream=True)
+        else:
+            stream.send_headers(_TRAILERS_OK, end_stream=True)
+        if self._unary_request is not False:
+            stream.abandon()
         stream.flush()
 
 
