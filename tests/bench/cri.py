@@ -24,6 +24,10 @@ One group (``cri``), in order, per daemon start:
   the slowest sample, usually the first pod of the daemon's life, shown in a row of its own);
 * scale: PODS pods each with one running container (started untimed, PARALLEL at a time), 1 s
   to settle, then LIST_CALLS ListPodSandbox and LIST_CALLS ListContainers calls (median and p99),
+  then as many of each whose reply this client leaves undecoded ("wire only": the daemon's
+  answer and the transport, without the Python decode that is ~90% of the decoded row and
+  grows with the reply's size; a Go client such as kubelet decodes in a few per cent of it;
+  the reply's size in bytes is a row too),
   then the daemon's VmRSS and PSS and the total VmRSS and PSS of its shim processes (our fork
   server included; containerd: one containerd-shim-runc-v2 per pod); everything is stopped and
   removed afterwards (untimed) and the bridge's host-local leases are checked to be released.
@@ -45,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.encoding.proto import ProtoCodec
 
 from aiocontainerd.api.runtime import v1 as api
 
@@ -69,6 +75,7 @@ MIB = 1 << 20
 OPS = ("RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer",
        "StopPodSandbox", "RemovePodSandbox")
 LISTS = ("ListPodSandbox", "ListContainers")
+WIRE_LISTS = tuple(f"{name} wire" for name in LISTS)
 KINDS = ("aiocontainerd", "containerd")
 
 
@@ -222,6 +229,23 @@ def _fixture(run: Running) -> CRIFixture:
     return fx.cri
 
 
+class _Undecoded(ProtoCodec):
+    """Requests encoded as usual, replies left as their bytes."""
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return data
+
+
+async def _undecoded(channel: Channel, method: str, request: Any) -> bytes:
+    """The reply bytes of the RuntimeService ``method`` (``channel`` with ``_Undecoded``)."""
+    async with channel.request(f"/runtime.v1.RuntimeService/{method}", Cardinality.UNARY_UNARY,
+                               type(request), bytes, timeout=RPC_TIMEOUT) as stream:
+        await stream.send_message(request, end=True)
+        reply = await stream.recv_message()
+    assert isinstance(reply, bytes)
+    return reply
+
+
 async def _timed(times: list[float], call: Awaitable[Any]) -> Any:
     t0 = time.perf_counter()
     result = await call
@@ -321,11 +345,20 @@ async def scale(run: Running) -> float:
         if len(ready) != PODS or len(running) != PODS:
             raise DaemonError(f"{run.kind}: {len(ready)} pods ready and {len(running)} containers "
                               f"running, expected {PODS} of each")
-        lists: dict[str, list[float]] = {name: [] for name in LISTS}
+        lists: dict[str, list[float]] = {name: [] for name in LISTS + WIRE_LISTS}
         for _ in range(LIST_CALLS):
             await _timed(lists["ListPodSandbox"], c.rt.list_pod_sandbox(api.ListPodSandboxRequest()))
         for _ in range(LIST_CALLS):
             await _timed(lists["ListContainers"], c.rt.list_containers(api.ListContainersRequest()))
+        wire = Channel(path=run.address, codec=_Undecoded())
+        try:
+            for name, request in zip(LISTS, (api.ListPodSandboxRequest(), api.ListContainersRequest()),
+                                     strict=True):
+                for _ in range(LIST_CALLS):
+                    reply = await _timed(lists[f"{name} wire"], _undecoded(wire, name, request))
+                run.recorded[f"{name} bytes"] = float(len(reply))
+        finally:
+            wire.close()
         run.recorded["daemon RSS"] = rss_mb(run.pid) * 1e6 / MIB
         run.recorded["daemon PSS"] = _pss_mb(run.pid) * 1e6 / MIB
         shims = _shims(run)
@@ -337,7 +370,7 @@ async def scale(run: Running) -> float:
             await c.cleanup()
         finally:
             c.close()
-    for name in LISTS:
+    for name in LISTS + WIRE_LISTS:
         _record(run, name, lists[name])
     return run.recorded["ListPodSandbox median"]
 
@@ -374,6 +407,11 @@ def cri_rows() -> list[Scenario]:
                      "ListContainers median", SCALE),
              derived(f"CRI ListContainers with {PODS} pods, p99 of {LIST_CALLS} calls", "ms",
                      "ListContainers p99", SCALE),
+             *(derived(f"CRI {name} with {PODS} pods, wire only (reply not decoded), {stat} of "
+                       f"{LIST_CALLS} calls", "ms", f"{name} wire {stat}", SCALE)
+               for name in LISTS for stat in ("median", "p99")),
+             *(derived(f"CRI {name} with {PODS} pods, reply size", "bytes", f"{name} bytes", SCALE)
+               for name in LISTS),
              derived(f"CRI daemon RSS with {PODS} pods", "MiB", "daemon RSS", SCALE, ("median", "max")),
              derived(f"CRI daemon PSS with {PODS} pods", "MiB", "daemon PSS", SCALE),
              derived(f"CRI shims total RSS with {PODS} pods", "MiB", "shims RSS", SCALE),
