@@ -81,3 +81,23 @@ async def test_wrong_size_abort_and_bad_digests(tmp_path: Path) -> None:
             await store.info(bad)
     with pytest.raises(NotFound):
         await store.info("sha256:" + "0" * 64)
+
+
+async def test_reads_from_the_page_cache_and_through_a_thread_agree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiocontainerd.content import local
+
+    store = LocalStore(tmp_path)
+    w = await store.writer("ref1", total=len(DATA), expected=DIGEST)
+    await w.write(DATA)
+    await w.commit()
+    fd = os.open(store.blob_path(DIGEST), os.O_RDONLY)
+    try:                                  # just written: in the page cache
+        assert local._cached_read(fd, 1000, 5) == DATA[5:1005]
+        assert local._cached_read(fd, 1000, len(DATA) - 10) == DATA[-10:]
+        assert local._cached_read(fd, 10, len(DATA)) is None        # past the end
+    finally:
+        os.close(fd)
+    assert await read_all(store, DIGEST, 7, 200_000) == DATA[7:200_007]
+    monkeypatch.setattr(local, "_cached_read", lambda fd, size, offset: None)   # never cached
+    assert await read_all(store, DIGEST, 7, 200_000) == DATA[7:200_007]

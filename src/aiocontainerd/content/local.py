@@ -183,6 +183,27 @@ class Writer:
 
 #: the largest blob :meth:`LocalStore.read_small` reads on the calling thread, bytes
 INLINE_READ_MAX = 64 << 10
+#: :meth:`LocalStore.read` reads a chunk up to this size from the page cache on the calling
+#: thread (``RWF_NOWAIT``: never waits for the disk) before it would hop to a worker thread
+CACHED_READ_MAX = 128 << 10
+
+
+def _cached_read(fd: int, size: int, offset: int) -> bytes | None:
+    """Up to ``size`` bytes at ``offset`` if the page cache holds them (``preadv2`` with
+    ``RWF_NOWAIT``, Linux 4.14+), else None: nothing here waits for a disk. ``ctr content
+    get`` reads a blob in 32 KiB Read calls; a worker-thread hop per call doubled their
+    latency."""
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except (BlockingIOError, NotImplementedError, AttributeError):
+        return None
+    except OSError:
+        return None          # not supported by this file system, say: the thread reads it
+    if got == 0:
+        return None          # nothing cached (or past the end): the thread finds out which
+    del buf[got:]
+    return bytes(buf)
 
 
 def _span(digest: str, length: int, offset: int, size: int) -> int:
@@ -227,22 +248,24 @@ class LocalStore:
         """
         if offset < 0 or size < 0:
             raise InvalidArgument("offset and size must not be negative")
-        path = self.blob_path(digest)
         try:
-            f = await asyncio.to_thread(open, path, "rb")
+            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(f"content {digest}: not found") from None
         try:
-            remaining = _span(digest, os.fstat(f.fileno()).st_size, offset, size)
+            remaining = _span(digest, os.fstat(fd).st_size, offset, size)
             while remaining > 0:
-                data = await asyncio.to_thread(os.pread, f.fileno(), min(chunk, remaining), offset)
+                n = min(chunk, remaining)
+                data = _cached_read(fd, n, offset) if n <= CACHED_READ_MAX else None
+                if data is None:
+                    data = await asyncio.to_thread(os.pread, fd, n, offset)
                 if not data:
                     break
                 offset += len(data)
                 remaining -= len(data)
                 yield data
         finally:
-            f.close()
+            os.close(fd)
 
     def read_small(self, digest: str, offset: int = 0, size: int = 0) -> bytes | None:
         """:meth:`read` in one piece, on the calling thread, for a blob of at most
