@@ -263,14 +263,20 @@ def test_cached_header_blocks_decode_as_a_fresh_decoder_does() -> None:
     hits = 0
     for block in blocks:
         try:
-            expected: dict[str, str] | Exception = dict(reference.decode(block))
+            fields = reference.decode(block)
+            expected: dict[str, str] | Exception = dict(fields)
+            if http2._malformed(fields):                 # e.g. a replay shifted to x-n before :path
+                expected = http2._Malformed()
         except hpack.HPACKError as e:
             expected = e
         cached = block in conn._indexed
         try:
             got: dict[str, str] | Exception = conn._decode(block)
-        except http2.ConnectionError_ as e:
+        except (http2.ConnectionError_, http2._Malformed) as e:
             got = e
+        if isinstance(expected, http2._Malformed):
+            assert isinstance(got, http2._Malformed)
+            continue
         if isinstance(expected, Exception):
             assert isinstance(got, Exception)
             reference, conn._decoder, conn._indexed = hpack.Decoder(), hpack.Decoder(), {}
@@ -326,3 +332,31 @@ async def test_a_stream_that_stops_reading_keeps_nothing() -> None:
         peer.client.send_data(sid, b"x" * 16000)
     peer.pump()
     assert not stream._chunks
+
+
+async def test_malformed_requests_are_stream_errors() -> None:
+    peer = Peer()
+    bad = [[*REQUEST, ("connection", "close")], [*REQUEST, ("te", "gzip")],
+           [("content-type", "application/grpc"), *REQUEST], [*REQUEST, (":foo", "x")],
+           [*REQUEST, ("X-Upper", "1")]]
+    for sid, headers in zip(range(1, 2 * len(bad), 2), bad, strict=True):
+        block = hpack.Encoder().encode(headers)
+        peer.server.data_received(http2.frame(http2.HEADERS, http2.END_HEADERS | http2.END_STREAM,
+                                              sid, block))
+    assert not peer.requests and not peer.wire.closed   # refused one by one, not dispatched
+    peer.server.flush()
+    resets = [f for f in _frames(peer.wire.take()) if f[0] == http2.RST_STREAM]
+    assert len(resets) == len(bad) and all(f[3] == b"\0\0\0\1" for f in resets)
+    peer.server.data_received(http2.frame(http2.HEADERS, http2.END_HEADERS | http2.PRIORITY_FLAG,
+                                          99, b"\0\0"))
+    assert peer.wire.closed                              # too short for its priority fields
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, i = [], 0
+    while i + 9 <= len(data):
+        n = int.from_bytes(data[i:i + 3], "big")
+        out.append((data[i + 3], data[i + 4], int.from_bytes(data[i + 5:i + 9], "big"),
+                    data[i + 9:i + 9 + n]))
+        i += 9 + n
+    return out

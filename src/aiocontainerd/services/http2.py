@@ -129,6 +129,35 @@ def _only_indexed(block: bytes) -> bool:
     return True
 
 
+_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
+                                  "transfer-encoding", "upgrade"})
+_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":path", ":authority", ":protocol"})
+
+
+def _malformed(fields: list[tuple[str, str]]) -> str | None:
+    """Why a request's (or trailers') decoded ``fields`` make it malformed (RFC 9113 §8.2.1,
+    §8.2.2, §8.3: upper-case names, connection-specific fields, ``te`` other than
+    ``trailers``, unknown pseudo-headers or one after a regular field); None if they do not."""
+    regular = False
+    for name, value in fields:
+        if name.startswith(":"):
+            if regular:
+                return f"pseudo-header {name} after a regular field"
+            if name not in _REQUEST_PSEUDO:
+                return f"unknown pseudo-header {name}"
+        else:
+            regular = True
+            if name in _CONNECTION_SPECIFIC or (name == "te" and value != "trailers"):
+                return f"connection-specific field {name}"
+        if not name.islower() and name.lower() != name:
+            return f"upper-case field name {name!r}"
+    return None
+
+
+class _Malformed(Exception):
+    """A header block that decoded but makes its request malformed (a stream error)."""
+
+
 class ConnectionError_(Exception):
     """A connection error (§5.4.1): answered with GOAWAY(code) and the connection closed."""
 
@@ -529,6 +558,8 @@ class Connection(asyncio.Protocol):
                     raise ConnectionError_(FRAME_SIZE_ERROR, "padded HEADERS without padding")
                 start, stop = 1, stop - payload[0]
             if flags & PRIORITY_FLAG:
+                if stop - start < 5:
+                    raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
                 start += 5
             if stop < start:
                 raise ConnectionError_(PROTOCOL_ERROR, "padding exceeds the HEADERS payload")
@@ -607,9 +638,15 @@ class Connection(asyncio.Protocol):
         if cached is not None:
             return dict(cached)
         try:
-            decoded = dict(self._decoder.decode(block))
+            fields = self._decoder.decode(block)
         except hpack.HPACKError as e:
             raise ConnectionError_(COMPRESSION_ERROR, f"header block: {e}") from None
+        reason = _malformed(fields)
+        if reason is not None:
+            if self._indexed:
+                self._indexed.clear()
+            raise _Malformed(reason)
+        decoded = dict(fields)
         if _only_indexed(block):
             if len(self._indexed) >= 64:
                 self._indexed.clear()
@@ -619,11 +656,15 @@ class Connection(asyncio.Protocol):
         return decoded
 
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
-        decoded = self._decode(block)
+        try:
+            decoded = self._decode(block)
+        except _Malformed as e:             # a malformed request: a stream error (§8.1.1)
+            log.debug("malformed HTTP/2 request", extra={"fields": {"error": str(e)}})
+            decoded = None
         end = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:              # trailers
-            if not end:
+            if not end or decoded is None or any(name.startswith(":") for name in decoded):
                 self.streams.pop(stream_id, None)
                 stream._peer_reset()
                 self.write(frame(RST_STREAM, 0, stream_id, _U32.pack(PROTOCOL_ERROR)))
@@ -635,8 +676,9 @@ class Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self._last_stream:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS opening stream {stream_id}")
         self._last_stream = stream_id
-        if self._goaway:
-            self.write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+        if self._goaway or decoded is None:
+            code = PROTOCOL_ERROR if decoded is None else REFUSED_STREAM
+            self.write(frame(RST_STREAM, 0, stream_id, _U32.pack(code)))
             return
         stream = Stream(self, stream_id, decoded)
         stream._remote_closed = end
