@@ -196,10 +196,8 @@ def _cached_read(fd: int, size: int, offset: int) -> bytes | None:
     buf = bytearray(size)
     try:
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-    except (BlockingIOError, NotImplementedError, AttributeError):
-        return None
-    except OSError:
-        return None          # not supported by this file system, say: the thread reads it
+    except (OSError, NotImplementedError, AttributeError):
+        return None          # not cached (EAGAIN), or no RWF_NOWAIT here: the thread reads it
     if got == 0:
         return None          # nothing cached (or past the end): the thread finds out which
     del buf[got:]

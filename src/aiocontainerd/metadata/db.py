@@ -269,12 +269,6 @@ class MetadataDB:
         with self._env.begin(write=False) as txn:
             yield Txn(txn, self._dbs)
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Txn]:
-        """A write transaction on the calling thread (use :meth:`update` from the loop)."""
-        with self._env.begin(write=True) as txn:
-            yield Txn(txn, self._dbs)
-
     async def update(self, fn: Callable[[Txn], T]) -> T:
         """Run ``fn(txn)`` in one write transaction on the writer thread; returns its result
         once committed and synced (group commit: see :class:`GroupWriter`)."""

@@ -149,7 +149,7 @@ def _malformed(fields: list[tuple[str, str]]) -> str | None:
             regular = True
             if name in _CONNECTION_SPECIFIC or (name == "te" and value != "trailers"):
                 return f"connection-specific field {name}"
-        if not name.islower() and name.lower() != name:
+        if name != name.lower():
             return f"upper-case field name {name!r}"
     return None
 

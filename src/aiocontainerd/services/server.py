@@ -34,7 +34,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 import grpclib.const
@@ -60,6 +60,8 @@ MAX_RECEIVE = 16 * 1024 * 1024   # bytes of one request message (containerd's de
 _CONTENT_TYPE = "application/grpc+proto"
 _HEADERS = http2.encode_headers([(":status", "200"), ("content-type", _CONTENT_TYPE)])
 _TRAILERS_OK = http2.encode_headers([("grpc-status", "0")])
+_TRAILERS_ONLY_OK = http2.encode_headers(
+    [(":status", "200"), ("content-type", _CONTENT_TYPE), ("grpc-status", "0")])
 _UNARY_REPLY = (Cardinality.UNARY_UNARY, Cardinality.STREAM_UNARY)
 _UNARY_REQUEST = (Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM)
 _TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")   # PROTOCOL-HTTP2.md: at most 8 digits and a unit
@@ -142,7 +144,7 @@ class Server:
         if encoding not in (None, "identity"):
             _fail(stream, False, Status.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
             return
-        call = self.middleware(path, method.func, headers)
+        call = self.middleware(path, method, headers)
         task = asyncio.get_running_loop().create_task(self._serve(stream, method, call, deadline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -173,14 +175,16 @@ class Server:
             log.exception("error answering a call", extra={"fields": {"method": stream.headers.get(":path")}})
             stream.reset(http2.INTERNAL_ERROR)
 
-    def middleware(self, method: str, func: Any, metadata: Any) -> Any:
-        """``func`` (a grpclib method handler taking the call's stream) wrapped in the
-        middleware of the module doc; ``metadata`` maps the request's header names to values."""
-        known = self._mapping.get(method)
-        kind = _KIND[known.cardinality] if known is not None else None
+    def middleware(self, method: str, handler: grpclib.const.Handler,
+                   metadata: Mapping[str, str]) -> Any:
+        """The ``handler`` of ``method`` (its function takes the call's stream) wrapped in
+        the middleware of the module doc; ``metadata`` maps the request's header names to
+        values."""
+        func = handler.func
+        kind = _KIND[handler.cardinality]
         ctx = context.RequestContext(
-            namespace=_header(metadata, context.NAMESPACE_HEADER),
-            lease=_header(metadata, context.LEASE_HEADER),
+            namespace=metadata.get(context.NAMESPACE_HEADER),
+            lease=metadata.get(context.LEASE_HEADER),
         )
         metrics = self._metrics
 
@@ -204,7 +208,7 @@ class Server:
                 log.exception("error handling request", extra={"fields": {"method": method}})
                 raise GRPCError(code, str(e) or type(e).__name__) from None
             finally:
-                if metrics is not None and kind is not None:
+                if metrics is not None:
                     metrics.observe_grpc(method, kind, _CODE_NAMES[code], time.perf_counter() - started)
 
         return call
@@ -298,9 +302,7 @@ class _Call:
                 stream.send_headers(_TRAILERS_OK, end_stream=True)
         elif not self.sent:
             self.sent = True
-            stream.send_headers(http2.encode_headers(
-                [(":status", "200"), ("content-type", _CONTENT_TYPE), ("grpc-status", "0")]),
-                end_stream=True)
+            stream.send_headers(_TRAILERS_ONLY_OK, end_stream=True)
         else:
             stream.send_headers(_TRAILERS_OK, end_stream=True)
         if self._unary_request is not False:
@@ -331,11 +333,3 @@ def _refuse(stream: http2.Stream, status: str, message: str) -> None:
          ("grpc-message", encode_grpc_message(message))]), end_stream=True)
     stream.abandon()
     stream.flush()
-
-
-def _header(metadata: Any, name: str) -> str | None:
-    value = metadata.get(name)
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value
-
